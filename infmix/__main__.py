@@ -1,0 +1,3 @@
+from infmix.cli import main
+
+main()

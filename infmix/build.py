@@ -1,0 +1,149 @@
+"""`infmix build`: plan -> process (resumable units) -> dedup -> shard -> reports.
+
+Every stage commits through an atomic rename, and every later stage is a pure function of
+committed files, so a build killed at any moment and run again ends with exactly the bytes of
+an uninterrupted build. The resolved config is saved first; a rerun with another config into
+the same folder is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+from rich.progress import TimeElapsedColumn
+from rich.text import Text
+
+from infmix import atomic, chunks, dedup, report, shards
+from infmix.config import BuildConfig, dump_config
+from infmix.engines.local import run_units
+from infmix.errors import InfmixError
+from infmix.process import SourceOptions
+from infmix.sample import Sample
+from infmix.sources import plan as make_plan
+
+OUTPUTS = ("config.yaml", "work", "shards", "_info.json", "manifest.parquet",
+           "rejected.jsonl", "stats.json")
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="progress.data.speed")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    RateColumn(), TimeElapsedColumn(), console=console, transient=False)
+
+
+def prepare_out(out: Path, cfg: BuildConfig, overwrite: bool) -> None:
+    """Create or reuse `out`; refuse to mix two configs or to clobber a foreign folder."""
+    saved = out / "config.yaml"
+    text = dump_config(cfg)
+    if overwrite:
+        for name in OUTPUTS:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    elif saved.exists() and saved.read_text() != text:
+        raise InfmixError(f"{out} holds a build made with a different config; use another "
+                          "--out, or --overwrite to start it again")
+    elif out.is_dir() and any(out.iterdir()) and not saved.exists():
+        raise InfmixError(f"{out} is not empty and is not an infmix build folder; "
+                          "use an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
+        atomic.write_text(saved, text)
+
+
+def load_plan(cfg: BuildConfig, work: Path, console: Console) -> list[Sample]:
+    """The plan is listed once and committed; a resumed build reuses it as it was."""
+    path = work / "plan.jsonl"
+    if path.exists():
+        return [Sample(**row) for row in atomic.read_jsonl(path)]
+    with console.status("planning: listing source folders"):
+        samples = make_plan(cfg)
+    atomic.write_jsonl(path, (s.to_dict() for s in samples))
+    return samples
+
+
+def process_all(cfg: BuildConfig, samples: list[Sample], work: Path, workers: int,
+                console: Console) -> int:
+    """Run every unit not yet committed; returns the number of units this run processed."""
+    atomic.remove_temporaries(work / "chunks")
+    size = cfg.process.chunk_size
+    options = {s.name: SourceOptions(tuple(s.crop), s.drop_dark_max) for s in cfg.sources}
+    jobs = []
+    for i, start in enumerate(range(0, len(samples), size)):
+        if not chunks.is_done(work, i):
+            jobs.append((work, i, samples[start:start + size], options, cfg.process))
+    done_before = len(samples) - sum(len(j[2]) for j in jobs)
+    with _progress(console) as bar:
+        task = bar.add_task("processing", total=len(samples), completed=done_before)
+        run_units(chunks.run_unit, jobs, workers, cfg.process.max_pixels,
+                  lambda r: bar.advance(task, r["samples"]))
+    return len(jobs)
+
+
+def collect(work: Path, n_samples: int, chunk_size: int) -> list[dict]:
+    """Every unit's records in plan order, each tagged with its unit index."""
+    out = []
+    for i in range(-(-n_samples // chunk_size)):
+        for rec in chunks.read_unit(work, i):
+            rec["unit"] = i
+            out.append(rec)
+    return out
+
+
+def write_shards(cfg: BuildConfig, out: Path, work: Path, kept: list[dict],
+                 console: Console) -> tuple[list[list[dict]], list[str]]:
+    groups = shards.assign(kept, cfg.shards)
+    names = [shards.shard_name(cfg.shards, i) for i in range(len(groups))]
+    folder = out / "shards"
+    folder.mkdir(exist_ok=True)
+    atomic.remove_temporaries(folder)
+    for stale in set(p.name for p in folder.glob("*.tar")) - set(names):
+        (folder / stale).unlink()
+    with _progress(console) as bar:
+        task = bar.add_task("sharding", total=len(kept))
+        for name, group in zip(names, groups, strict=True):
+            if not (folder / name).exists():  # present means committed by rename
+                shards.write_shard(folder / name, group,
+                                   lambda r: chunks.read_image(work, r["unit"], r))
+            bar.advance(task, len(group))
+    return groups, names
+
+
+def build(cfg: BuildConfig, out: Path | str, workers: int | None = None,
+          overwrite: bool = False, console: Console | None = None) -> dict:
+    """Build the corpus into `out` (or finish an interrupted build there); returns stats."""
+    console = console or Console(stderr=True)
+    out = Path(out).resolve()
+    workers = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    prepare_out(out, cfg, overwrite)
+    work = out / "work"
+    samples = load_plan(cfg, work, console)
+    processed = process_all(cfg, samples, work, workers, console)
+    records = collect(work, len(samples), cfg.process.chunk_size)
+    ok = [r for r in records if "reason" not in r]
+    rejected = [r for r in records if "reason" in r]
+    kept, duplicates = dedup.deduplicate(ok, cfg)
+    groups, names = write_shards(cfg, out, work, kept, console)
+    dropped = sorted(rejected + duplicates, key=lambda r: r["key"])
+    per_source = report.source_stats(records, kept, dropped)
+    stats = {
+        "out": str(out), "workers": workers, "units_processed_this_run": processed,
+        "num_shards": len(names), "sources": per_source, "total": report.totals(per_source),
+        "skipped_sources": cfg._skipped, "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    report.write_manifest(out / "manifest.parquet", groups, names)
+    report.write_rejected(out / "rejected.jsonl", dropped)
+    atomic.write_json(out / "stats.json", stats)
+    info = shards.info(cfg.name, [f"shards/{n}" for n in names], [len(g) for g in groups])
+    atomic.write_json(out / "_info.json", info)
+    return stats

@@ -1,0 +1,80 @@
+"""The `infmix` command line: thin wrappers that parse, load the config and call the library.
+
+Expected failures print one line and exit 1; INFMIX_DEBUG=1 shows the traceback. Tracebacks
+never show local variables (a Hub token may be in scope).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from infmix import __version__
+from infmix.errors import InfmixError
+
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+    help="Build grayscale infrared pre-training corpora as WebDataset shards.",
+)
+console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    if os.environ.get("INFMIX_DEBUG") == "1":
+        raise e
+    console.print(f"[bold red]error:[/] {e}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def build(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (created or resumed).")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value overrides, e.g. process.max_side=640 sources.llvip.root=/d/LLVIP")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Processes (default: all CPUs). Output does not depend on it.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Delete a previous build in --out first.")] = False,
+) -> None:
+    """Build (or resume) a corpus from the sources in CONFIG."""
+    from infmix.build import build as run_build
+    from infmix.config import load_config
+    from infmix.report import print_summary
+
+    try:
+        cfg = load_config(config, overrides or [])
+        for skipped in cfg._skipped:
+            console.print(f"[yellow]warning:[/] skipping source {skipped}", highlight=False)
+        stats = run_build(cfg, out, workers=workers, overwrite=overwrite, console=console)
+    except InfmixError as e:
+        _fail(e)
+    print_summary(Console(), stats)
+
+
+@app.command("demo-sources")
+def demo_sources(
+    out: Annotated[Path, typer.Argument(help="Folder to write the fake datasets into.")],
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Write small fake datasets in real layouts (what pipelines/demo.yaml reads)."""
+    from infmix.demo import write_demo_sources
+
+    counts = write_demo_sources(out, seed=seed)
+    for name, n in counts.items():
+        console.print(f"{name:12s} {n:4d} files", highlight=False)
+    console.print(f"demo sources written to {out}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Pure per-image operations: decode, convert to 8-bit grayscale, crop/resize, encode."""
