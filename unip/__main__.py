@@ -1,0 +1,3 @@
+from unip.cli import main
+
+main()
