@@ -14,8 +14,14 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
-from rich.progress import TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from infmix import atomic, chunks, dedup, report, shards
@@ -26,8 +32,15 @@ from infmix.process import SourceOptions
 from infmix.sample import Sample
 from infmix.sources import plan as make_plan
 
-OUTPUTS = ("config.yaml", "work", "shards", "_info.json", "manifest.parquet",
-           "rejected.jsonl", "stats.json")
+OUTPUTS = (
+    "config.yaml",
+    "work",
+    "shards",
+    "_info.json",
+    "manifest.parquet",
+    "rejected.jsonl",
+    "stats.json",
+)
 
 
 class RateColumn(ProgressColumn):
@@ -37,8 +50,15 @@ class RateColumn(ProgressColumn):
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    RateColumn(), TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def prepare_out(out: Path, cfg: BuildConfig, overwrite: bool) -> None:
@@ -50,11 +70,14 @@ def prepare_out(out: Path, cfg: BuildConfig, overwrite: bool) -> None:
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     elif saved.exists() and saved.read_text() != text:
-        raise InfmixError(f"{out} holds a build made with a different config; use another "
-                          "--out, or --overwrite to start it again")
+        raise InfmixError(
+            f"{out} holds a build made with a different config; use another "
+            "--out, or --overwrite to start it again"
+        )
     elif out.is_dir() and any(out.iterdir()) and not saved.exists():
-        raise InfmixError(f"{out} is not empty and is not an infmix build folder; "
-                          "use an empty or new --out")
+        raise InfmixError(
+            f"{out} is not empty and is not an infmix build folder; use an empty or new --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if not saved.exists():
         atomic.write_text(saved, text)
@@ -71,8 +94,9 @@ def load_plan(cfg: BuildConfig, work: Path, console: Console) -> list[Sample]:
     return samples
 
 
-def process_all(cfg: BuildConfig, samples: list[Sample], work: Path, workers: int,
-                console: Console) -> int:
+def process_all(
+    cfg: BuildConfig, samples: list[Sample], work: Path, workers: int, console: Console
+) -> int:
     """Run every unit not yet committed; returns the number of units this run processed."""
     atomic.remove_temporaries(work / "chunks")
     size = cfg.process.chunk_size
@@ -80,12 +104,17 @@ def process_all(cfg: BuildConfig, samples: list[Sample], work: Path, workers: in
     jobs = []
     for i, start in enumerate(range(0, len(samples), size)):
         if not chunks.is_done(work, i):
-            jobs.append((work, i, samples[start:start + size], options, cfg.process))
+            jobs.append((work, i, samples[start : start + size], options, cfg.process))
     done_before = len(samples) - sum(len(j[2]) for j in jobs)
     with _progress(console) as bar:
         task = bar.add_task("processing", total=len(samples), completed=done_before)
-        run_units(chunks.run_unit, jobs, workers, cfg.process.max_pixels,
-                  lambda r: bar.advance(task, r["samples"]))
+        run_units(
+            chunks.run_unit,
+            jobs,
+            workers,
+            cfg.process.max_pixels,
+            lambda r: bar.advance(task, r["samples"]),
+        )
     return len(jobs)
 
 
@@ -99,8 +128,9 @@ def collect(work: Path, n_samples: int, chunk_size: int) -> list[dict]:
     return out
 
 
-def write_shards(cfg: BuildConfig, out: Path, work: Path, kept: list[dict],
-                 console: Console) -> tuple[list[list[dict]], list[str]]:
+def write_shards(
+    cfg: BuildConfig, out: Path, work: Path, kept: list[dict], console: Console
+) -> tuple[list[list[dict]], list[str]]:
     groups = shards.assign(kept, cfg.shards)
     names = [shards.shard_name(cfg.shards, i) for i in range(len(groups))]
     folder = out / "shards"
@@ -112,14 +142,20 @@ def write_shards(cfg: BuildConfig, out: Path, work: Path, kept: list[dict],
         task = bar.add_task("sharding", total=len(kept))
         for name, group in zip(names, groups, strict=True):
             if not (folder / name).exists():  # present means committed by rename
-                shards.write_shard(folder / name, group,
-                                   lambda r: chunks.read_image(work, r["unit"], r))
+                shards.write_shard(
+                    folder / name, group, lambda r: chunks.read_image(work, r["unit"], r)
+                )
             bar.advance(task, len(group))
     return groups, names
 
 
-def build(cfg: BuildConfig, out: Path | str, workers: int | None = None,
-          overwrite: bool = False, console: Console | None = None) -> dict:
+def build(
+    cfg: BuildConfig,
+    out: Path | str,
+    workers: int | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict:
     """Build the corpus into `out` (or finish an interrupted build there); returns stats."""
     console = console or Console(stderr=True)
     out = Path(out).resolve()
@@ -137,9 +173,14 @@ def build(cfg: BuildConfig, out: Path | str, workers: int | None = None,
     dropped = sorted(rejected + duplicates, key=lambda r: r["key"])
     per_source = report.source_stats(records, kept, dropped)
     stats = {
-        "out": str(out), "workers": workers, "units_processed_this_run": processed,
-        "num_shards": len(names), "sources": per_source, "total": report.totals(per_source),
-        "skipped_sources": cfg._skipped, "wall_seconds": round(time.perf_counter() - t0, 3),
+        "out": str(out),
+        "workers": workers,
+        "units_processed_this_run": processed,
+        "num_shards": len(names),
+        "sources": per_source,
+        "total": report.totals(per_source),
+        "skipped_sources": cfg._skipped,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     report.write_manifest(out / "manifest.parquet", groups, names)
     report.write_rejected(out / "rejected.jsonl", dropped)

@@ -25,18 +25,29 @@ def is_done(work: Path, index: int) -> bool:
 
 
 def _record(r: Result, offset: int) -> dict:
-    rec = {"key": r.sample.key, "source": r.sample.source, "path": r.sample.path,
-           "input_bytes": r.input_bytes, "seconds": round(r.seconds, 6)}
+    rec = {
+        "key": r.sample.key,
+        "source": r.sample.source,
+        "path": r.sample.path,
+        "input_bytes": r.input_bytes,
+        "seconds": round(r.seconds, 6),
+    }
     if r.ok:
-        rec.update(offset=offset, length=len(r.data), ext=r.ext, pixel_hash=r.pixel_hash,
-                   meta=r.meta)
+        rec.update(
+            offset=offset, length=len(r.data), ext=r.ext, pixel_hash=r.pixel_hash, meta=r.meta
+        )
     else:
         rec.update(reason=r.reason, detail=r.detail)
     return rec
 
 
-def run_unit(work: Path, index: int, samples: list[Sample],
-             options: dict[str, SourceOptions], cfg: ProcessConfig) -> dict:
+def run_unit(
+    work: Path,
+    index: int,
+    samples: list[Sample],
+    options: dict[str, SourceOptions],
+    cfg: ProcessConfig,
+) -> dict:
     """Process one unit and commit it; returns counts for the progress display."""
     results = [process_sample(s, options[s.source], cfg) for s in samples]
     bin_path, jsonl_path = unit_paths(work, index)

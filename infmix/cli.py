@@ -17,7 +17,9 @@ from infmix import __version__
 from infmix.errors import InfmixError
 
 app = typer.Typer(
-    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
     help="Build grayscale infrared pre-training corpora as WebDataset shards.",
 )
 console = Console(stderr=True)
@@ -34,12 +36,19 @@ def _fail(e: Exception) -> None:
 def build(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (created or resumed).")],
-    overrides: Annotated[list[str] | None, typer.Argument(
-        help="key=value overrides, e.g. process.max_side=640 sources.llvip.root=/d/LLVIP")] = None,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Processes (default: all CPUs). Output does not depend on it.")
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key=value overrides, e.g. process.max_side=640 sources.llvip.root=/d/LLVIP"
+        ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Delete a previous build in --out first.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Processes (default: all CPUs). Output does not depend on it."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Delete the build in --out first.")] = False,
 ) -> None:
     """Build (or resume) a corpus from the sources in CONFIG."""
     from infmix.build import build as run_build

@@ -18,7 +18,9 @@ from infmix.errors import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
 SOURCE_KINDS = ("folder", "video", "imagenet", "paired")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# no doubled separators: keys join source and path parts with "__", so a source name holding
+# "__" could collide with another source's key
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
 
 
 class _Strict(BaseModel):
@@ -50,7 +52,7 @@ class _SourceBase(_Strict):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError(f"must match {_NAME_RE.pattern} (lower case, digits, _ and -)")
+            raise ValueError("must be lower-case letters and digits, single _ or - between them")
         return v
 
     @field_validator("extensions")
@@ -208,8 +210,11 @@ def _explain(err: ValidationError, data: dict) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif e["type"] == "union_tag_invalid":
-            msg = f"unknown kind {e.get('input')!r}; expected folder, video, imagenet or paired"
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            kind = e["input"].get("kind") if isinstance(e.get("input"), dict) else e.get("input")
+            msg = "missing" if kind is None else f"unknown kind {kind!r}"
+            msg += "; expected folder, video, imagenet or paired"
+            key += ".kind"
         elif "input" in e and e["type"] not in ("missing",):
             msg = f"{msg}, got {e['input']!r}"
         lines.append(f"{key}: {msg}")
@@ -250,8 +255,13 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(path: Path | str | None, overrides: list[str] | None = None, *,
-                data: dict | None = None, check_roots: bool = True) -> BuildConfig:
+def load_config(
+    path: Path | str | None,
+    overrides: list[str] | None = None,
+    *,
+    data: dict | None = None,
+    check_roots: bool = True,
+) -> BuildConfig:
     """Load YAML (or `data`), apply overrides, validate, and check that source roots exist."""
     if data is None:
         path = Path(path)  # type: ignore[arg-type]

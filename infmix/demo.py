@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 
-def thermal_frame(rng: np.random.Generator, h: int, w: int, shift: float = 0.0,
-                  blobs: np.ndarray | None = None) -> np.ndarray:
+def thermal_frame(
+    rng: np.random.Generator, h: int, w: int, shift: float = 0.0, blobs: np.ndarray | None = None
+) -> np.ndarray:
     """Float image in [0, 1]: background gradient, warm blobs, noise."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     img = 0.25 + 0.2 * (y / h) + 0.05 * np.sin(x / 17.0)
@@ -33,7 +34,7 @@ def rgb_scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     c = rng.uniform(0, 1, (3, 3))
     img = np.stack([c[i, 0] + c[i, 1] * x / w + c[i, 2] * y / h for i in range(3)], -1)
     x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-    img[y0:y0 + h // 3, x0:x0 + w // 3] = rng.uniform(0, 1, 3)
+    img[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.uniform(0, 1, 3)
     return (np.clip(img / img.max(), 0, 1) * 255).astype(np.uint8)
 
 
@@ -49,11 +50,15 @@ def _u8(img: np.ndarray) -> np.ndarray:
 def write_ir_still(root: Path, rng: np.random.Generator) -> int:
     for split, n in (("train", 8), ("val", 4)):
         for i in range(n):
-            _save(root / "images" / split / f"{i:04d}.jpg", _u8(thermal_frame(rng, 128, 160)),
-                  quality=92)
+            _save(
+                root / "images" / split / f"{i:04d}.jpg",
+                _u8(thermal_frame(rng, 128, 160)),
+                quality=92,
+            )
     _save(root / "images" / "extra" / "0000.png", _u8(thermal_frame(rng, 96, 128)))
     (root / "images" / "extra" / "copy_of_train_0000.jpg").write_bytes(
-        (root / "images" / "train" / "0000.jpg").read_bytes())
+        (root / "images" / "train" / "0000.jpg").read_bytes()
+    )
     bad = root / "images" / "broken"
     bad.mkdir(parents=True, exist_ok=True)
     (bad / "empty.jpg").write_bytes(b"")
@@ -107,8 +112,12 @@ def write_coco(root: Path, rng: np.random.Generator) -> int:
 
 
 WRITERS = {
-    "ir_still": write_ir_still, "ir_video": write_ir_video, "thermal16": write_thermal16,
-    "rgbt_pairs": write_paired, "imagenet": write_imagenet, "coco": write_coco,
+    "ir_still": write_ir_still,
+    "ir_video": write_ir_video,
+    "thermal16": write_thermal16,
+    "rgbt_pairs": write_paired,
+    "imagenet": write_imagenet,
+    "coco": write_coco,
 }
 
 

@@ -84,8 +84,13 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
     pixels = final.tobytes()
     res.pixel_hash = hashlib.sha256(f"{final.size}".encode() + pixels).hexdigest()
     unchanged = (
-        dec.format == "JPEG" and dec.mode == "L" and not dec.oriented and not dec.drafted
-        and not cropping and final is gray and conversion["method"] == "none"
+        dec.format == "JPEG"
+        and dec.mode == "L"
+        and not dec.oriented
+        and not dec.drafted
+        and not cropping
+        and final is gray
+        and conversion["method"] == "none"
     )
     if cfg.passthrough and cfg.format == "jpeg" and unchanged:
         res.data, conversion = data, {"method": "passthrough"}
@@ -109,8 +114,11 @@ def _meta(res: Result, dec, size: tuple[int, int], conversion: dict) -> dict:
         "width": size[0],
         "height": size[1],
         "original": {
-            "width": dec.width, "height": dec.height, "mode": dec.mode,
-            "bit_depth": dec.bit_depth, "format": dec.format,
+            "width": dec.width,
+            "height": dec.height,
+            "mode": dec.mode,
+            "bit_depth": dec.bit_depth,
+            "format": dec.format,
         },
         "conversion": conversion,
         "sha256": hashlib.sha256(res.data).hexdigest(),

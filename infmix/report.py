@@ -15,8 +15,9 @@ from infmix import atomic
 
 def source_stats(records: list[dict], kept: list[dict], dropped: list[dict]) -> dict:
     """Per source: seen, kept, dropped by reason, bytes in and out, images/s of processing."""
-    out: dict[str, dict] = defaultdict(lambda: {
-        "seen": 0, "kept": 0, "dropped": {}, "input_bytes": 0, "bytes": 0, "seconds": 0.0})
+    out: dict[str, dict] = defaultdict(
+        lambda: {"seen": 0, "kept": 0, "dropped": {}, "input_bytes": 0, "bytes": 0, "seconds": 0.0}
+    )
     for r in records:
         s = out[r["source"]]
         s["seen"] += 1
@@ -43,8 +44,12 @@ def totals(per_source: dict) -> dict:
             t[k] += s[k]
         dropped.update(s["dropped"])
     rate = round(t["seen"] / t["seconds"], 2) if t["seconds"] > 0 else None
-    return {**t, "seconds": round(t["seconds"], 3), "images_per_s": rate,
-            "dropped": dict(sorted(dropped.items()))}
+    return {
+        **t,
+        "seconds": round(t["seconds"], 3),
+        "images_per_s": rate,
+        "dropped": dict(sorted(dropped.items())),
+    }
 
 
 def write_rejected(path: Path, dropped: list[dict]) -> None:
@@ -58,15 +63,22 @@ def write_manifest(path: Path, shards: list[list[dict]], names: list[str]) -> No
         for i, r in enumerate(recs):
             m = r["meta"]
             for col, val in (
-                ("key", r["key"]), ("shard", name), ("index_in_shard", i),
-                ("source", m["source"]), ("modality", m["modality"]), ("path", m["path"]),
-                ("width", m["width"]), ("height", m["height"]),
+                ("key", r["key"]),
+                ("shard", name),
+                ("index_in_shard", i),
+                ("source", m["source"]),
+                ("modality", m["modality"]),
+                ("path", m["path"]),
+                ("width", m["width"]),
+                ("height", m["height"]),
                 ("original_width", m["original"]["width"]),
                 ("original_height", m["original"]["height"]),
                 ("original_mode", m["original"]["mode"]),
                 ("bit_depth", m["original"]["bit_depth"]),
-                ("conversion", m["conversion"]["method"]), ("ext", r["ext"]),
-                ("bytes", r["length"]), ("sha256", m["sha256"]),
+                ("conversion", m["conversion"]["method"]),
+                ("ext", r["ext"]),
+                ("bytes", r["length"]),
+                ("sha256", m["sha256"]),
             ):
                 rows[col].append(val)
     table = pa.table(rows) if rows else pa.table({"key": pa.array([], pa.string())})
@@ -77,17 +89,25 @@ def print_summary(console: Console, stats: dict) -> None:
     table = Table(title=f"infmix build: {stats['out']}")
     for col in ("source", "seen", "kept", "duplicates", "rejected", "stored MB", "img/s"):
         table.add_column(col, justify="left" if col == "source" else "right")
-    rows = list(stats["sources"].items()) + [("total", stats["total"])]
+    rows = [*list(stats["sources"].items()), ("total", stats["total"])]
     for name, s in rows:
         dups = sum(v for k, v in s["dropped"].items() if k.endswith("duplicate"))
         rejected = sum(s["dropped"].values()) - dups
         rate = s.get("images_per_s")
-        table.add_row(name, str(s["seen"]), str(s["kept"]), str(dups), str(rejected),
-                      f"{s['bytes'] / 1e6:.2f}", f"{rate:.0f}" if rate else "-")
+        table.add_row(
+            name,
+            str(s["seen"]),
+            str(s["kept"]),
+            str(dups),
+            str(rejected),
+            f"{s['bytes'] / 1e6:.2f}",
+            f"{rate:.0f}" if rate else "-",
+        )
     console.print(table)
     t = stats["total"]
     if t["dropped"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in t["dropped"].items())
         console.print(f"dropped by reason: {reasons} (see rejected.jsonl)")
-    console.print(f"{stats['num_shards']} shards, {t['kept']} samples, "
-                  f"{stats['wall_seconds']:.1f} s wall")
+    console.print(
+        f"{stats['num_shards']} shards, {t['kept']} samples, {stats['wall_seconds']:.1f} s wall"
+    )

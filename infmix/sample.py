@@ -48,4 +48,5 @@ def unique_keys(source: str, relpaths: list[str]) -> list[str]:
 
 def natural_key(name: str) -> tuple:
     """Sort key that puts frame_2 before frame_10 (sequence order of unpadded frame numbers)."""
-    return tuple(int(t) if t.isdigit() else t for t in _DIGITS.split(name))
+    parts = tuple(int(t) if t.isdigit() else t for t in _DIGITS.split(name))
+    return (parts, name)  # the name breaks ties such as 1.jpg / 01.jpg

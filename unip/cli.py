@@ -16,7 +16,9 @@ import typer
 from unip import __version__
 
 app = typer.Typer(
-    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
     help="UNIP: attention analysis, NMI-HAD distillation and segmentation for infrared.",
 )
 
@@ -50,8 +52,11 @@ def info(
             typer.echo(f"error: {corpus} has no _info.json (not an infmix build folder)", err=True)
             raise typer.Exit(1)
         split = json.loads(info_path.read_text())["splits"]["train"]
-        env["corpus"] = {"path": str(corpus), "samples": split["num_samples"],
-                         "shards": len(split["filenames"])}
+        env["corpus"] = {
+            "path": str(corpus),
+            "samples": split["num_samples"],
+            "shards": len(split["filenames"]),
+        }
     typer.echo(json.dumps(env, indent=2))
 
 

@@ -12,8 +12,14 @@ def exact_duplicates(records: list[dict], cfg=None) -> tuple[list[dict], list[di
     for rec in records:
         h = rec["pixel_hash"]
         if h in first:
-            dropped.append({**rec, "reason": "exact_duplicate", "duplicate_of": first[h],
-                            "detail": f"same pixels as {first[h]}"})
+            dropped.append(
+                {
+                    **rec,
+                    "reason": "exact_duplicate",
+                    "duplicate_of": first[h],
+                    "detail": f"same pixels as {first[h]}",
+                }
+            )
         else:
             first[h] = rec["key"]
             kept.append(rec)

@@ -20,8 +20,13 @@ def _init_worker(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def run_units(fn: Callable[..., dict], jobs: Iterable[tuple], workers: int, max_pixels: int,
-              on_done: Callable[[dict], None]) -> None:
+def run_units(
+    fn: Callable[..., dict],
+    jobs: Iterable[tuple],
+    workers: int,
+    max_pixels: int,
+    on_done: Callable[[dict], None],
+) -> None:
     """Call `fn(*job)` for every job, in `workers` processes; `on_done` gets each result."""
     jobs = list(jobs)
     if workers <= 1 or len(jobs) <= 1:

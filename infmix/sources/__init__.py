@@ -1,7 +1,7 @@
 """Planning: every enabled source listed into one sorted list of `Sample`s.
 
-The plan is ordered by source name, then by relative path in natural order, so it is the same
-on every machine and for every worker count.
+The plan is ordered by source name, then by a depth-first walk in natural name order (each
+folder's files before its sub-folders), so it is the same on every machine and worker count.
 """
 
 from __future__ import annotations

@@ -11,5 +11,5 @@ from infmix.sources.listing import images_in, strided, walk
 def list_folder(src: FolderSource, root: Path) -> list[str]:
     out: list[str] = []
     for rel, files in walk(root):
-        out += strided(images_in(root, rel, files, src), src.frame_stride)
+        out += strided(images_in(rel, files, src), src.frame_stride)
     return out

@@ -17,5 +17,5 @@ def list_imagenet(src: ImageNetSource, root: Path) -> list[str]:
     out: list[str] = []
     for cls in sorted(classes):
         _, files = _sorted_entries(root / cls)
-        out += images_in(root, Path(cls), sorted(files), src)[: src.per_class]
+        out += images_in(Path(cls), sorted(files), src)[: src.per_class]
     return out

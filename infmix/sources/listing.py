@@ -25,10 +25,18 @@ def _sorted_entries(folder: Path) -> tuple[list[str], list[str]]:
 
 
 def walk(root: Path):
-    """Yield (folder relative to root, sorted file names) depth first, in sorted order."""
-    stack = [Path()]
+    """Yield (folder relative to root, sorted file names) depth first, in sorted order.
+
+    Symlinked folders are followed once: a folder already visited (a symlink loop, or two
+    links to one folder) is not listed again, so no file is planned twice.
+    """
+    stack, seen = [Path()], set()
     while stack:
         rel = stack.pop()
+        real = os.path.realpath(root / rel)
+        if real in seen:
+            continue
+        seen.add(real)
         dirs, files = _sorted_entries(root / rel)
         yield rel, files
         stack.extend(rel / d for d in reversed(dirs))
@@ -42,7 +50,7 @@ def excluded(relpath: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(relpath, p) for p in patterns)
 
 
-def images_in(root: Path, rel: Path, files: list[str], src) -> list[str]:
+def images_in(rel: Path, files: list[str], src) -> list[str]:
     """Relative paths of the image files of one folder, after the source's filters."""
     out = []
     for f in files:

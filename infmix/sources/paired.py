@@ -19,11 +19,10 @@ def list_paired(src: PairedSource, root: Path) -> list[str]:
         if src.thermal_suffix is None:
             if src.thermal_dir not in rel.parts:
                 continue
-            out += strided(images_in(root, rel, files, src), src.frame_stride)
+            out += strided(images_in(rel, files, src), src.frame_stride)
         else:
             thermal = [
-                r for r in images_in(root, rel, files, src)
-                if Path(r).stem.endswith(src.thermal_suffix)
+                r for r in images_in(rel, files, src) if Path(r).stem.endswith(src.thermal_suffix)
             ]
             out += strided(thermal, src.frame_stride)
     return out

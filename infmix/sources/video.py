@@ -17,5 +17,5 @@ def list_video(src: VideoSource, root: Path) -> list[str]:
     for rel, files in walk(root):
         if src.frames_subdir is not None and rel.name != src.frames_subdir:
             continue
-        out += strided(images_in(root, rel, files, src), src.frame_stride)
+        out += strided(images_in(rel, files, src), src.frame_stride)
     return out

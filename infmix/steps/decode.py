@@ -48,8 +48,9 @@ def _target_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def decode(data: bytes, max_pixels: int, max_side: int | None = None,
-           allow_reduce: bool = True) -> Decoded:
+def decode(
+    data: bytes, max_pixels: int, max_side: int | None = None, allow_reduce: bool = True
+) -> Decoded:
     """Decode `data` honouring EXIF orientation; raise `Rejected` for anything unusable."""
     if not data:
         raise Rejected("empty_file")

@@ -1,0 +1,32 @@
+"""Shared fixtures: the demo datasets (generated once per session) and a config over them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infmix.config import load_config
+from infmix.demo import write_demo_sources
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo-data")
+    write_demo_sources(root, seed=0)
+    return root
+
+
+def demo_config_dict(demo_root: Path, **process) -> dict:
+    data = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
+    data["data_root"] = str(demo_root)
+    data["process"].update(process)
+    return data
+
+
+@pytest.fixture
+def demo_cfg(demo_root):
+    return load_config(None, data=demo_config_dict(demo_root))
