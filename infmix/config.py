@@ -159,7 +159,7 @@ class ShardConfig(_Strict):
     prefix: str = Field("infmix", pattern=r"^[A-Za-z0-9_-]+$", description="Shard file prefix.")
     samples_per_shard: int = Field(5000, ge=1, description="Most samples in one shard.")
     max_shard_bytes: int = Field(
-        1_000_000_000, ge=4096, description="Most bytes in one shard (tar framing counted)."
+        1_000_000_000, ge=65536, description="Most bytes in one shard file (tar framing counted)."
     )
     seed: int = Field(0, description="Seed of the shuffle that mixes sources across shards.")
 

@@ -19,11 +19,20 @@ from infmix import atomic
 from infmix.config import ShardConfig
 
 BLOCK = 512
+RECORD = tarfile.RECORDSIZE  # the archive is padded to a multiple of this
 
 
-def member_bytes(n: int) -> int:
-    """Tar space of one member of n bytes: header plus data padded to 512 bytes."""
-    return BLOCK + -(-n // BLOCK) * BLOCK
+def member_bytes(name: str, n: int) -> int:
+    """Tar space of one member: header (+ a PAX header for long names) and padded data."""
+    pax = 3 * BLOCK if len(name.encode()) > 100 else 0
+    return pax + BLOCK + -(-n // BLOCK) * BLOCK
+
+
+def sample_bytes(rec: dict) -> int:
+    meta = len(meta_bytes(rec["meta"]))
+    return member_bytes(f"{rec['key']}.{rec['ext']}", rec["length"]) + member_bytes(
+        f"{rec['key']}.json", meta
+    )
 
 
 def meta_bytes(meta: dict) -> bytes:
@@ -31,15 +40,20 @@ def meta_bytes(meta: dict) -> bytes:
 
 
 def assign(records: list[dict], cfg: ShardConfig) -> list[list[dict]]:
-    """Shuffle with the seed, then fill shards in order up to either limit."""
+    """Shuffle with the seed, then fill shards in order up to either limit.
+
+    The byte limit counts tar framing, end-of-archive blocks and record padding, so no shard
+    file exceeds `max_shard_bytes` unless a single sample alone does.
+    """
+    budget = cfg.max_shard_bytes - 2 * BLOCK - RECORD
     order = np.random.default_rng(cfg.seed).permutation(len(records))
     shards: list[list[dict]] = [[]]
     size = 0
     for i in order:
         rec = records[int(i)]
-        n = member_bytes(rec["length"]) + member_bytes(len(meta_bytes(rec["meta"])))
+        n = sample_bytes(rec)
         current = shards[-1]
-        if current and (len(current) >= cfg.samples_per_shard or size + n > cfg.max_shard_bytes):
+        if current and (len(current) >= cfg.samples_per_shard or size + n > budget):
             shards.append([])
             size = 0
         shards[-1].append(rec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
 from pathlib import Path
@@ -193,3 +194,16 @@ def test_png_output(demo_root, tmp_path):
     assert all(set(s) == {"png", "json"} for s in samples.values())
     sizes = [Image.open(io.BytesIO(s["png"])).size for s in samples.values()]
     assert max(max(s) for s in sizes) == 64
+
+
+def test_byte_limit_per_shard(demo_root, tmp_path):
+    data = demo_config_dict(demo_root)
+    data["shards"] = {"samples_per_shard": 1000, "max_shard_bytes": 65536}
+    build(load_config(None, data=data), tmp_path / "b", workers=1)
+    tars = sorted((tmp_path / "b" / "shards").glob("*.tar"))
+    assert len(tars) >= 3
+    assert all(p.stat().st_size <= 65536 for p in tars)
+    assert len(shard_samples(tmp_path / "b")) == 60
+    # a shard closes only when the next sample would not fit: consecutive shards could not merge
+    sizes = [p.stat().st_size for p in tars]
+    assert all(a + b > 65536 - 10240 for a, b in itertools.pairwise(sizes))

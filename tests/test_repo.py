@@ -16,8 +16,9 @@ from tests.conftest import REPO
 BIN = Path(sys.executable).parent
 
 
-def test_ruff_clean():
-    p = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=REPO, capture_output=True, text=True)
+@pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
+def test_ruff_clean(args):
+    p = subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
 
 

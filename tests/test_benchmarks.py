@@ -1,0 +1,34 @@
+"""The benchmark scripts run and print the JSON their issues ask for (tiny sizes here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_build_benchmark_prints_rates_and_ratios():
+    p = subprocess.run(
+        [sys.executable, "benchmarks/build.py", "--n", "4", "--repeat", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["images"] == 8
+    for key in (
+        "a_decode_only_img_s",
+        "b_plain_loop_img_s",
+        "c_infmix_full_res_img_s",
+        "c_infmix_max_side_img_s",
+    ):
+        assert result[key] > 0
+    b, c = result["b_plain_loop_img_s"], result["c_infmix_max_side_img_s"]
+    assert result["ratio_c_max_side_over_b"] == pytest.approx(c / b, rel=0.01)
