@@ -56,7 +56,7 @@ def write_ir_still(root: Path, rng: np.random.Generator) -> int:
                 quality=92,
             )
     _save(root / "images" / "extra" / "0000.png", _u8(thermal_frame(rng, 96, 128)))
-    (root / "images" / "extra" / "copy_of_train_0000.jpg").write_bytes(
+    (root / "images" / "val" / "train_0000_copy.jpg").write_bytes(
         (root / "images" / "train" / "0000.jpg").read_bytes()
     )
     bad = root / "images" / "broken"
