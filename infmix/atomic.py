@@ -1,6 +1,8 @@
-"""Atomic file writes: write to a temporary name in the same folder, fsync, then rename.
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
 
 The rename is the commit: a reader (or a resumed build) sees either the whole file or none.
+Final outputs are fsynced before the rename (durable across power loss); intermediate work
+files may skip that and are verified when read instead (see chunks.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def tmp_name(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb"):
+def atomic_open(path: Path, mode: str = "wb", durable: bool = True):
     """Open a temporary file that replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +29,8 @@ def atomic_open(path: Path, mode: str = "wb"):
         with open(tmp, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -48,8 +51,8 @@ def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with atomic_open(path, "w") as f:
+def write_jsonl(path: Path, rows: Iterable[dict], durable: bool = True) -> None:
+    with atomic_open(path, "w", durable) as f:
         for row in rows:
             f.write(json.dumps(row, sort_keys=True) + "\n")
 

@@ -118,13 +118,18 @@ def process_all(
     return len(jobs)
 
 
-def collect(work: Path, n_samples: int, chunk_size: int) -> list[dict]:
-    """Every unit's records in plan order, each tagged with its unit index."""
+def collect(work: Path, samples: list[Sample], chunk_size: int) -> list[dict]:
+    """Every unit's records in plan order, each tagged with its unit index and checked
+    against the plan, so a unit emptied by a machine crash can never drop samples silently."""
     out = []
-    for i in range(-(-n_samples // chunk_size)):
-        for rec in chunks.read_unit(work, i):
+    for i, start in enumerate(range(0, len(samples), chunk_size)):
+        records = chunks.read_unit(work, i)
+        expected = [s.key for s in samples[start : start + chunk_size]]
+        if [r["key"] for r in records] != expected:
+            raise chunks.DamagedUnit(work, i, "records do not match the plan")
+        for rec in records:
             rec["unit"] = i
-            out.append(rec)
+        out += records
     return out
 
 
@@ -165,7 +170,7 @@ def build(
     work = out / "work"
     samples = load_plan(cfg, work, console)
     processed = process_all(cfg, samples, work, workers, console)
-    records = collect(work, len(samples), cfg.process.chunk_size)
+    records = collect(work, samples, cfg.process.chunk_size)
     ok = [r for r in records if "reason" not in r]
     rejected = [r for r in records if "reason" in r]
     kept, duplicates = dedup.deduplicate(ok, cfg)

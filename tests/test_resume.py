@@ -133,3 +133,35 @@ def test_sigkill_while_writing_shards(setup, tmp_path):
     assert not (out / "_info.json").exists()  # reports come last
     assert run_build(cfg, out, workers=1).wait(timeout=300) == 0
     assert final_files(out) == reference
+
+
+@pytest.mark.parametrize("damage", ["flip_image_bytes", "empty_records"])
+def test_damaged_work_unit_is_reported_then_redone(demo_root, tmp_path, damage):
+    """Work units skip fsync; a unit a machine crash left damaged must never reach a shard."""
+    from infmix.build import build
+    from infmix.config import load_config
+    from infmix.errors import InfmixError
+    from tests.conftest import demo_config_dict
+
+    cfg = load_config(None, data=demo_config_dict(demo_root))
+    build(cfg, tmp_path / "ref", workers=1)
+    reference = final_files(tmp_path / "ref")
+    out = tmp_path / "out"
+    build(cfg, out, workers=1)
+    # as if the machine died after unit 1 was committed but before its data reached the disk
+    for p in [*out.glob("shards/*"), out / "_info.json"]:
+        p.unlink()
+    unit_bin, unit_jsonl = out / "work/chunks/000001.bin", out / "work/chunks/000001.jsonl"
+    if damage == "flip_image_bytes":
+        data = bytearray(unit_bin.read_bytes())
+        data[100:200] = bytes(100)
+        unit_bin.write_bytes(bytes(data))
+    else:
+        unit_jsonl.write_text("")
+    with pytest.raises(InfmixError, match="work unit 1 was damaged"):
+        build(cfg, out, workers=1)
+    assert not unit_jsonl.exists()
+    assert_complete_tars(out, reference)  # shards written before the check are correct ones
+    stats = build(cfg, out, workers=1)
+    assert stats["units_processed_this_run"] == 1
+    assert final_files(out) == reference
