@@ -80,29 +80,36 @@ def infmix_build(root: Path, max_side: int | None):
     return run
 
 
-def rate(fn, paths: list[Path], repeat: int) -> float:
-    best = float("inf")
+def best_rates(fns: dict, paths: list[Path], repeat: int) -> dict[str, float]:
+    """Images/s of each function, best of `repeat` rounds run interleaved, so that drift in
+    the machine's speed hits every contender alike."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            fn(paths, Path(d))
-            best = min(best, time.perf_counter() - t0)
-    return len(paths) / best
+        for name, fn in fns.items():
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                fn(paths, Path(d))
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: len(paths) / t for name, t in best.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200, help="images of each kind")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--max-side", type=int, default=640, help="the recipe's max_side")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="infmix-bench-"))
     try:
         paths = make_inputs(root, args.n)
-        a = rate(decode_only, paths, args.repeat)
-        b = rate(plain_loop, paths, args.repeat)
-        c_full = rate(infmix_build(root, None), paths, args.repeat)
-        c_recipe = rate(infmix_build(root, args.max_side), paths, args.repeat)
+        fns = {
+            "a": decode_only,
+            "b": plain_loop,
+            "c_full": infmix_build(root, None),
+            "c_recipe": infmix_build(root, args.max_side),
+        }
+        r = best_rates(fns, paths, args.repeat)
+        a, b, c_full, c_recipe = r["a"], r["b"], r["c_full"], r["c_recipe"]
     finally:
         shutil.rmtree(root)
     print(
