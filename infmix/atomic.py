@@ -37,8 +37,8 @@ def atomic_open(path: Path, mode: str = "wb", durable: bool = True):
             tmp.unlink()
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
+def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable) as f:
         f.write(data)
 
 

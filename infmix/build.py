@@ -24,8 +24,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from infmix import atomic, chunks, dedup, report, shards
+from infmix import atomic, chunks, report, shards
 from infmix.config import BuildConfig, dump_config
+from infmix.dedup.descriptor import DIM
+from infmix.dedup.embed import embed_units, uses_builtin
+from infmix.dedup.report import write_duplicates
+from infmix.dedup.stages import deduplicate
 from infmix.engines.local import run_units
 from infmix.errors import InfmixError
 from infmix.process import SourceOptions
@@ -33,6 +37,8 @@ from infmix.sample import Sample
 from infmix.sources import plan as make_plan
 
 OUTPUTS = (
+    "duplicates.parquet",
+    "duplicates.png",
     "config.yaml",
     "work",
     "shards",
@@ -104,7 +110,8 @@ def process_all(
     jobs = []
     for i, start in enumerate(range(0, len(samples), size)):
         if not chunks.is_done(work, i):
-            jobs.append((work, i, samples[start : start + size], options, cfg.process))
+            batch = samples[start : start + size]
+            jobs.append((work, i, batch, options, cfg.process, uses_builtin(cfg.dedup.near)))
     done_before = len(samples) - sum(len(j[2]) for j in jobs)
     with _progress(console) as bar:
         task = bar.add_task("processing", total=len(samples), completed=done_before)
@@ -118,6 +125,16 @@ def process_all(
     return len(jobs)
 
 
+def embed_all(cfg: BuildConfig, work: Path, n_units: int, console: Console) -> int:
+    """Model embedders run after processing; returns the embedding dimension."""
+    if uses_builtin(cfg.dedup.near) or not cfg.dedup.near.enabled:
+        return DIM
+    atomic.remove_temporaries(work / "chunks")
+    with _progress(console) as bar:
+        task = bar.add_task(f"embedding ({cfg.dedup.near.embedder})", total=None)
+        return embed_units(work, n_units, cfg.dedup.near, lambda n: bar.advance(task, n))
+
+
 def collect(work: Path, samples: list[Sample], chunk_size: int) -> list[dict]:
     """Every unit's records in plan order, each tagged with its unit index and checked
     against the plan, so a unit emptied by a machine crash can never drop samples silently."""
@@ -127,6 +144,9 @@ def collect(work: Path, samples: list[Sample], chunk_size: int) -> list[dict]:
         expected = [s.key for s in samples[start : start + chunk_size]]
         if [r["key"] for r in records] != expected:
             raise chunks.DamagedUnit(work, i, "records do not match the plan")
+        ok = [r for r in records if "reason" not in r]
+        for row, rec in enumerate(ok):  # row in the unit's embeddings file
+            rec.update(emb_row=row, unit_rows=len(ok))
         for rec in records:
             rec["unit"] = i
         out += records
@@ -170,12 +190,16 @@ def build(
     work = out / "work"
     samples = load_plan(cfg, work, console)
     processed = process_all(cfg, samples, work, workers, console)
+    n_units = -(-len(samples) // cfg.process.chunk_size)
+    dim = embed_all(cfg, work, n_units, console)
     records = collect(work, samples, cfg.process.chunk_size)
     ok = [r for r in records if "reason" not in r]
     rejected = [r for r in records if "reason" in r]
-    kept, duplicates = dedup.deduplicate(ok, cfg)
+    with console.status("removing duplicates"):
+        result = deduplicate(ok, cfg, work, dim)
+    kept = result.kept
     groups, names = write_shards(cfg, out, work, kept, console)
-    dropped = sorted(rejected + duplicates, key=lambda r: r["key"])
+    dropped = sorted(rejected + result.dropped, key=lambda r: r["key"])
     per_source = report.source_stats(records, kept, dropped)
     stats = {
         "out": str(out),
@@ -188,6 +212,8 @@ def build(
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     report.write_manifest(out / "manifest.parquet", groups, names)
+    if cfg.dedup.near.enabled:
+        write_duplicates(out, work, result.clusters)
     report.write_rejected(out / "rejected.jsonl", dropped)
     atomic.write_json(out / "stats.json", stats)
     info = shards.info(cfg.name, [f"shards/{n}" for n in names], [len(g) for g in groups])

@@ -10,11 +10,15 @@ a power loss left damaged is reported and redone by the next run, never sharded.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from infmix import atomic
 from infmix.config import ProcessConfig
+from infmix.dedup.descriptor import DIM
 from infmix.errors import InfmixError
 from infmix.process import Result, SourceOptions, process_sample
 from infmix.sample import Sample
@@ -23,6 +27,28 @@ from infmix.sample import Sample
 def unit_paths(work: Path, index: int) -> tuple[Path, Path]:
     base = work / "chunks" / f"{index:06d}"
     return base.with_suffix(".bin"), base.with_suffix(".jsonl")
+
+
+def embedding_path(work: Path, index: int) -> Path:
+    """Near-duplicate embeddings of a unit's processed images, one row per record without a
+    rejection, in record order."""
+    return work / "chunks" / f"{index:06d}.emb.npy"
+
+
+def write_embeddings(work: Path, index: int, rows: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(rows, dtype=np.float32))
+    atomic.write_bytes(embedding_path(work, index), buf.getvalue(), durable=False)
+
+
+def read_embeddings(work: Path, index: int, n: int, dim: int) -> np.ndarray:
+    try:
+        rows = np.load(embedding_path(work, index), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DamagedUnit(work, index, f"embeddings unreadable: {e}") from None
+    if rows.shape != (n, dim):
+        raise DamagedUnit(work, index, f"embeddings have shape {rows.shape}, not {(n, dim)}")
+    return rows
 
 
 def is_done(work: Path, index: int) -> bool:
@@ -52,17 +78,23 @@ def run_unit(
     samples: list[Sample],
     options: dict[str, SourceOptions],
     cfg: ProcessConfig,
+    embed: bool = False,
 ) -> dict:
-    """Process one unit and commit it; returns counts for the progress display."""
-    results = [process_sample(s, options[s.source], cfg) for s in samples]
+    """Process one unit and commit it (.bin, then .emb.npy, then .jsonl); returns counts for
+    the progress display. `embed`: store the built-in descriptor of every kept image."""
+    results = [process_sample(s, options[s.source], cfg, embed) for s in samples]
     bin_path, jsonl_path = unit_paths(work, index)
-    records, offset = [], 0
+    records, offset, rows = [], 0, []
     with atomic.atomic_open(bin_path, "wb", durable=False) as f:
         for r in results:
             records.append(_record(r, offset))
             if r.ok:
                 f.write(r.data)
                 offset += len(r.data)
+                if embed:
+                    rows.append(r.embedding)
+    if embed:
+        write_embeddings(work, index, np.array(rows, np.float32).reshape(len(rows), DIM))
     atomic.write_jsonl(jsonl_path, records, durable=False)
     return {"index": index, "samples": len(samples), "kept": sum(r.ok for r in results)}
 

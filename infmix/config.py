@@ -147,10 +147,45 @@ class ProcessConfig(_Strict):
         return v
 
 
+class NearDedupConfig(_Strict):
+    """Near-duplicate removal: embed, search with faiss, cluster, keep one per cluster."""
+
+    enabled: bool = Field(True, description="Remove near-duplicates.")
+    embedder: str = Field(
+        "thumb", description="`thumb` (built-in, no weights) or `timm:<model-name>`."
+    )
+    checkpoint: Path | None = Field(
+        None, description="Local weights for a timm embedder (else timm's pretrained ones)."
+    )
+    threshold: float = Field(
+        0.988, gt=0, le=1, description="Cosine similarity at or above which two images match."
+    )
+    scope: Literal["all", "source"] = Field(
+        "all", description="Compare images across all sources, or only within each source."
+    )
+    flat_max: int = Field(
+        50_000, ge=0, description="Exact (flat) search up to this many images a group, IVF above."
+    )
+    nlist: int | None = Field(None, ge=1, description="IVF cells (default ~4 sqrt(n)).")
+    nprobe: int = Field(16, ge=1, description="IVF cells searched per query.")
+    batch_size: int = Field(64, ge=1, description="Images per batch for timm embedders.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where a timm embedder runs (auto: CUDA when available)."
+    )
+
+    @field_validator("embedder")
+    @classmethod
+    def _embedder(cls, v: str) -> str:
+        if v != "thumb" and not (v.startswith("timm:") and len(v) > 5):
+            raise ValueError("must be `thumb` or `timm:<model-name>`")
+        return v
+
+
 class DedupConfig(_Strict):
-    """Duplicate removal; near-duplicate stages slot in after `exact`."""
+    """Duplicate removal: exact (same pixels), then near (same picture)."""
 
     exact: bool = Field(True, description="Keep one image per identical decoded pixel array.")
+    near: NearDedupConfig = NearDedupConfig()
 
 
 class ShardConfig(_Strict):
@@ -295,6 +330,11 @@ def _check_sources(cfg: BuildConfig, check_roots: bool) -> None:
             )
     if not cfg.enabled_sources():
         raise ConfigError("sources: no enabled source")
+    near = cfg.dedup.near
+    if near.checkpoint is not None and near.embedder == "thumb":
+        raise ConfigError("dedup.near.checkpoint: only a timm embedder takes a checkpoint")
+    if check_roots and near.checkpoint is not None and not near.checkpoint.is_file():
+        raise ConfigError(f"dedup.near.checkpoint: file does not exist: {near.checkpoint}")
     if not check_roots:
         return
     for s in cfg.enabled_sources():

@@ -13,7 +13,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+from PIL import Image
+
 from infmix.config import ProcessConfig
+from infmix.dedup.descriptor import thumb_descriptor
 from infmix.sample import Sample
 from infmix.steps.decode import Rejected, decode
 from infmix.steps.encode import EXTENSIONS, encode
@@ -36,6 +40,7 @@ class Result:
     ext: str = ""
     meta: dict = field(default_factory=dict)
     pixel_hash: str = ""
+    embedding: np.ndarray | None = None
     reason: str = ""
     detail: str = ""
     input_bytes: int = 0
@@ -57,13 +62,19 @@ def read_file(path: str, max_bytes: int) -> bytes:
         raise Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}") from None
 
 
-def process_sample(sample: Sample, opts: SourceOptions, cfg: ProcessConfig) -> Result:
+def process_sample(
+    sample: Sample, opts: SourceOptions, cfg: ProcessConfig, embed: bool = False
+) -> Result:
+    """`embed`: also compute the built-in near-duplicate descriptor from the final image,
+    while it is decoded anyway."""
     t0 = time.perf_counter()
     res = Result(sample)
     try:
         data = read_file(sample.path, cfg.max_file_bytes)
         res.input_bytes = len(data)
-        _convert(data, res, opts, cfg)
+        final = _convert(data, res, opts, cfg)
+        if embed:
+            res.embedding = thumb_descriptor(final)
     except Rejected as e:
         res.reason, res.detail = e.reason, e.detail
     except Exception as e:  # a bug or an exotic file must not stop the build
@@ -72,7 +83,7 @@ def process_sample(sample: Sample, opts: SourceOptions, cfg: ProcessConfig) -> R
     return res
 
 
-def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) -> None:
+def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) -> Image.Image:
     cropping = any(opts.crop)
     dec = decode(data, cfg.max_pixels, cfg.max_side, allow_reduce=not cropping)
     gray, conversion = to_gray(dec.image, cfg.percentiles)
@@ -102,6 +113,7 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
     if dec.oriented:
         conversion["exif_oriented"] = True
     res.meta = _meta(res, dec, final.size, conversion)
+    return final
 
 
 def _meta(res: Result, dec, size: tuple[int, int], conversion: dict) -> dict:

@@ -20,10 +20,13 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
-def demo_config_dict(demo_root: Path, **process) -> dict:
+def demo_config_dict(demo_root: Path, near: bool = False, **process) -> dict:
+    """pipelines/demo.yaml over `demo_root`; near-duplicate removal off unless asked, so the
+    tests of the other stages see every planted image."""
     data = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
     data["data_root"] = str(demo_root)
     data["process"].update(process)
+    data.setdefault("dedup", {}).setdefault("near", {})["enabled"] = near
     return data
 
 

@@ -33,10 +33,16 @@ def test_demo_end_to_end_as_in_readme(tmp_path):
         env=env,
     )
     assert p.returncode == 0, p.stderr
-    assert "total" in p.stdout and "60" in p.stdout  # summary table
+    assert "total" in p.stdout and "51 samples" in p.stdout  # summary table
+    assert "near_duplicate: 9" in p.stdout  # 3 video sequences of slowly moving frames
     assert "img/s" in p.stderr  # progress with a rate
-    info = json.loads((tmp_path / "demo-out" / "_info.json").read_text())
-    assert info["splits"]["train"]["num_samples"] == 60
+    out = tmp_path / "demo-out"
+    info = json.loads((out / "_info.json").read_text())
+    assert info["splits"]["train"]["num_samples"] == 51
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["sources"]["ir_video"]["kept"] == 3
+    assert stats["sources"]["ir_video"]["dropped"] == {"near_duplicate": 9}
+    assert (out / "duplicates.parquet").is_file() and (out / "duplicates.png").is_file()
 
 
 def test_demo_sources_are_deterministic(tmp_path):

@@ -6,7 +6,7 @@ The first record in plan order is kept, so the choice is the same on every run.
 from __future__ import annotations
 
 
-def exact_duplicates(records: list[dict], cfg=None) -> tuple[list[dict], list[dict]]:
+def exact_duplicates(records: list[dict]) -> tuple[list[dict], list[dict]]:
     first: dict[str, str] = {}
     kept, dropped = [], []
     for rec in records:
