@@ -9,7 +9,6 @@ the same folder is refused rather than mixed.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,29 +23,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from infmix import atomic, chunks, report, shards
+from infmix import atomic, chunks, outdir, report, shards
 from infmix.config import BuildConfig, dump_config
 from infmix.dedup.descriptor import DIM
 from infmix.dedup.embed import embed_units, uses_builtin
 from infmix.dedup.report import write_duplicates
 from infmix.dedup.stages import deduplicate
 from infmix.engines.local import run_units
-from infmix.errors import InfmixError
 from infmix.process import SourceOptions
 from infmix.sample import Sample
 from infmix.sources import plan as make_plan
-
-OUTPUTS = (
-    "duplicates.parquet",
-    "duplicates.png",
-    "config.yaml",
-    "work",
-    "shards",
-    "_info.json",
-    "manifest.parquet",
-    "rejected.jsonl",
-    "stats.json",
-)
 
 
 class RateColumn(ProgressColumn):
@@ -67,31 +53,10 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def prepare_out(out: Path, cfg: BuildConfig, overwrite: bool) -> None:
-    """Create or reuse `out`; refuse to mix two configs or to clobber a foreign folder."""
-    saved = out / "config.yaml"
-    text = dump_config(cfg)
-    if overwrite:
-        for name in OUTPUTS:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    elif saved.exists() and saved.read_text() != text:
-        raise InfmixError(
-            f"{out} holds a build made with a different config; use another "
-            "--out, or --overwrite to start it again"
-        )
-    elif out.is_dir() and any(out.iterdir()) and not saved.exists():
-        raise InfmixError(
-            f"{out} is not empty and is not an infmix build folder; use an empty or new --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    if not saved.exists():
-        atomic.write_text(saved, text)
-
-
 def load_plan(cfg: BuildConfig, work: Path, console: Console) -> list[Sample]:
     """The plan is listed once and committed; a resumed build reuses it as it was."""
     path = work / "plan.jsonl"
+    atomic.remove_temporaries(work)
     if path.exists():
         return [Sample(**row) for row in atomic.read_jsonl(path)]
     with console.status("planning: listing source folders"):
@@ -186,8 +151,13 @@ def build(
     out = Path(out).resolve()
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    prepare_out(out, cfg, overwrite)
-    work = out / "work"
+    with outdir.claim(out, dump_config(cfg), overwrite) as work:
+        return _build(cfg, out, work, workers, console, t0)
+
+
+def _build(
+    cfg: BuildConfig, out: Path, work: Path, workers: int, console: Console, t0: float
+) -> dict:
     samples = load_plan(cfg, work, console)
     processed = process_all(cfg, samples, work, workers, console)
     n_units = -(-len(samples) // cfg.process.chunk_size)

@@ -79,6 +79,56 @@ def demo_sources(
     console.print(f"demo sources written to {out}")
 
 
+@app.command("dedup-calibrate")
+def dedup_calibrate(
+    pairs: Annotated[
+        Path | None,
+        typer.Argument(help="CSV of path_a,path_b,label (1: same picture, 0: different)."),
+    ] = None,
+    synthetic: Annotated[
+        int,
+        typer.Option(help="Without PAIRS: planted synthetic scenes to generate (12 pairs each)."),
+    ] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic pairs.")] = 0,
+    thresholds: Annotated[
+        str | None, typer.Option(help="Comma-separated thresholds to score.")
+    ] = None,
+    embedder: Annotated[str, typer.Option(help="`thumb` or `timm:<model-name>`.")] = "thumb",
+    checkpoint: Annotated[Path | None, typer.Option(help="Local timm weights.")] = None,
+) -> None:
+    """Print precision and recall of near-duplicate thresholds on labelled pairs."""
+    from rich.table import Table
+
+    from infmix.config import NearDedupConfig
+    from infmix.dedup import calibrate as cal
+
+    try:
+        ths = [float(t) for t in thresholds.split(",")] if thresholds else cal.DEFAULT_THRESHOLDS
+        embed = cal.builtin_embed
+        if embedder != "thumb":
+            from infmix.dedup.embed import make_embedder
+
+            embed = make_embedder(NearDedupConfig(embedder=embedder, checkpoint=checkpoint))
+        if pairs is None:
+            sims, labels, _ = cal.synthetic_sims(synthetic, seed, embed)
+        else:
+            sims, labels = cal.file_sims(pairs, embed)
+    except (InfmixError, ValueError) as e:
+        _fail(e)
+    table = Table(title=f"{embedder}: {labels.sum()} duplicate / {(~labels).sum()} distinct pairs")
+    for col in ("threshold", "precision", "recall", "false pos", "missed"):
+        table.add_column(col, justify="right")
+    for r in cal.scores(sims, labels, ths):
+        table.add_row(
+            f"{r['threshold']:.4f}",
+            f"{r['precision']:.4f}",
+            f"{r['recall']:.4f}",
+            str(r["fp"]),
+            str(r["fn"]),
+        )
+    Console().print(table)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

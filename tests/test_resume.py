@@ -151,7 +151,8 @@ def test_damaged_work_unit_is_reported_then_redone(demo_root, tmp_path, damage):
     # as if the machine died after unit 1 was committed but before its data reached the disk
     for p in [*out.glob("shards/*"), out / "_info.json"]:
         p.unlink()
-    unit_bin, unit_jsonl = out / "work/chunks/000001.bin", out / "work/chunks/000001.jsonl"
+    (chunks,) = out.glob("work/*/chunks")  # work/<config+environment fingerprint>/
+    unit_bin, unit_jsonl = chunks / "000001.bin", chunks / "000001.jsonl"
     if damage == "flip_image_bytes":
         data = bytearray(unit_bin.read_bytes())
         data[100:200] = bytes(100)

@@ -89,6 +89,7 @@ def _group_pairs(
 def near_duplicates(kept: list[dict], cfg: NearDedupConfig, work: Path, dim: int) -> NearResult:
     if len(kept) < 2:
         return NearResult(kept, [], [])
+    atomic.remove_temporaries(work / "dedup")
     order, groups = _layout(kept, cfg.scope)
     vectors = _vectors(kept, order, work, dim)
     params = SearchParams(cfg.threshold, cfg.flat_max, cfg.nlist, cfg.nprobe)

@@ -8,6 +8,9 @@ threads (the progress display runs one).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
@@ -18,6 +21,18 @@ from PIL import Image
 def _init_worker(max_pixels: int) -> None:
     # Pillow's own bomb check agrees with ours (it raises only above twice this value).
     Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose build was killed exits instead of writing on as an orphan."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_pool_worker(max_pixels: int, parent: int) -> None:
+    _init_worker(max_pixels)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
 def run_units(
@@ -39,7 +54,7 @@ def run_units(
             Image.MAX_IMAGE_PIXELS = previous
         return
     ctx = mp.get_context("spawn")
-    init = partial(_init_worker, max_pixels)
+    init = partial(_init_pool_worker, max_pixels, os.getpid())
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         try:
