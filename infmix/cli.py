@@ -60,7 +60,7 @@ def build(
         for skipped in cfg._skipped:
             console.print(f"[yellow]warning:[/] skipping source {skipped}", highlight=False)
         stats = run_build(cfg, out, workers=workers, overwrite=overwrite, console=console)
-    except InfmixError as e:
+    except (InfmixError, OSError) as e:  # OSError: the disk is full, a folder unwritable...
         _fail(e)
     print_summary(Console(), stats)
 
@@ -73,7 +73,10 @@ def demo_sources(
     """Write small fake datasets in real layouts (what pipelines/demo.yaml reads)."""
     from infmix.demo import write_demo_sources
 
-    counts = write_demo_sources(out, seed=seed)
+    try:
+        counts = write_demo_sources(out, seed=seed)
+    except OSError as e:
+        _fail(e)
     for name, n in counts.items():
         console.print(f"{name:12s} {n:4d} files", highlight=False)
     console.print(f"demo sources written to {out}")

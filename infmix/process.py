@@ -8,8 +8,10 @@ hash used by exact deduplication.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -18,11 +20,17 @@ from PIL import Image
 
 from infmix.config import ProcessConfig
 from infmix.dedup.descriptor import thumb_descriptor
+from infmix.errors import InfmixError
 from infmix.sample import Sample
 from infmix.steps.decode import Rejected, decode
 from infmix.steps.encode import EXTENSIONS, encode
 from infmix.steps.geometry import check_dark, crop, fit
+from infmix.steps.jpeg import strip_jpeg
 from infmix.steps.normalise import to_gray
+
+
+class TransientError(InfmixError):
+    """A failure of the machine rather than of the file; the build stops, a rerun retries."""
 
 
 @dataclass
@@ -51,15 +59,37 @@ class Result:
         return not self.reason
 
 
+# errors that say something about the file itself; any other OSError (EIO, ENOMEM, a network
+# file system hiccup) may pass, so it stops the build instead of becoming a rejection
+_PERMANENT = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ELOOP,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+}
+
+
 def read_file(path: str, max_bytes: int) -> bytes:
+    """Read a regular file of at most `max_bytes`; FIFOs, devices and sockets are rejected
+    unread (reading one could block forever or never end)."""
     try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise Rejected("too_large", f"{size} bytes is over max_file_bytes={max_bytes}")
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected("not_a_file", "not a regular file (FIFO, device or socket)")
+        if st.st_size > max_bytes:
+            raise Rejected("too_large", f"{st.st_size} bytes is over max_file_bytes={max_bytes}")
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read(max_bytes + 1)
     except OSError as e:
+        if e.errno not in _PERMANENT:
+            raise
         raise Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise Rejected("too_large", f"grew past max_file_bytes={max_bytes} while read")
+    return data
 
 
 def process_sample(
@@ -77,6 +107,15 @@ def process_sample(
             res.embedding = thumb_descriptor(final)
     except Rejected as e:
         res.reason, res.detail = e.reason, e.detail
+    except MemoryError as e:
+        # not a property of the file: stop here (the unit is not committed) and let a rerun
+        # retry, rather than record a rejection that a fresh build would not make
+        raise TransientError(f"{sample.path}: out of memory; rerun with fewer --workers") from e
+    except OSError as e:
+        if e.errno is None:  # Pillow's format errors are errno-less OSErrors
+            res.reason, res.detail = "error", f"{type(e).__name__}: {e}"
+        else:  # the system's (EIO, ENOSPC...): as above
+            raise TransientError(f"{sample.path}: {type(e).__name__}: {e}") from e
     except Exception as e:  # a bug or an exotic file must not stop the build
         res.reason, res.detail = "error", f"{type(e).__name__}: {e}"
     res.seconds = time.perf_counter() - t0
@@ -88,7 +127,7 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
     dec = decode(data, cfg.max_pixels, cfg.max_side, allow_reduce=not cropping)
     gray, conversion = to_gray(dec.image, cfg.percentiles)
     if dec.drafted:
-        conversion = {"method": "jpeg_luma_plane", "jpeg_scaled_to": list(dec.image.size)}
+        conversion = {"method": "jpeg_luma_plane"}
     gray = crop(gray, opts.crop)
     check_dark(gray, opts.drop_dark_max)
     final = fit(gray, cfg.max_side)
@@ -103,8 +142,9 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
         and final is gray
         and conversion["method"] == "none"
     )
-    if cfg.passthrough and cfg.format == "jpeg" and unchanged:
-        res.data, conversion = data, {"method": "passthrough"}
+    stripped = strip_jpeg(data) if cfg.passthrough and cfg.format == "jpeg" and unchanged else None
+    if stripped is not None:  # same pixels, no metadata, no re-encode
+        res.data, conversion = stripped, {"method": "passthrough"}
     else:
         res.data = encode(final, cfg.format, cfg.jpeg_quality)
     res.ext = EXTENSIONS[cfg.format]
@@ -114,6 +154,20 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
         conversion["exif_oriented"] = True
     res.meta = _meta(res, dec, final.size, conversion)
     return final
+
+
+# Every sample's json has every field, typed the same way in all of them: readers that infer
+# one schema from the first rows (Hugging Face `datasets` does) then read every row. `low` and
+# `high` are the input values mapped linearly to 0 and 255 (the stretch's percentile values,
+# 0 and 255 for 8-bit inputs).
+CONVERSION_FIELDS = {
+    "method": "",
+    "low": 0.0,
+    "high": 255.0,
+    "crop": [0, 0, 0, 0],
+    "via": "",
+    "exif_oriented": False,
+}
 
 
 def _meta(res: Result, dec, size: tuple[int, int], conversion: dict) -> dict:
@@ -132,9 +186,8 @@ def _meta(res: Result, dec, size: tuple[int, int], conversion: dict) -> dict:
             "bit_depth": dec.bit_depth,
             "format": dec.format,
         },
-        "conversion": conversion,
+        "conversion": {**CONVERSION_FIELDS, **conversion},
         "sha256": hashlib.sha256(res.data).hexdigest(),
+        "pair_path": s.pair or "",
     }
-    if s.pair:
-        meta["pair_path"] = s.pair
     return meta

@@ -93,7 +93,6 @@ def test_stretch_matches_float64_reference(rng, pct):
     assert np.array_equal(out, stretch_ref(v, pct))
     lo, hi = np.percentile(v.astype(np.float64), pct)
     assert params["low"] == lo and params["high"] == hi
-    assert list(params["percentiles"]) == list(pct)
 
 
 def test_stretch_uses_the_full_range_and_clips_outliers(rng):
@@ -136,7 +135,6 @@ def test_16bit_file_end_to_end(tmp_path, rng, suffix, pct):
     lo, hi = np.percentile(v.astype(np.float64), pct)
     assert conv["method"] == "stretch"
     assert conv["low"] == lo and conv["high"] == hi
-    assert list(conv["percentiles"]) == list(pct)
 
 
 # ---------------------------------------------------------------- colour -> luma
@@ -291,7 +289,7 @@ def test_gray_jpeg_is_passed_through_byte_for_byte(tmp_path, rng):
     data = path.read_bytes()
     res = run(path)
     assert res.data == data
-    assert res.meta["conversion"] == {"method": "passthrough"}
+    assert res.meta["conversion"]["method"] == "passthrough"
     assert res.ext == "jpg"
 
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 _ORIENTATION = 0x0112
+# Pillow would otherwise sniff any format it knows whatever the extension, EPS (Ghostscript)
+# and PDF included: only plain raster formats are ever decoded
+FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 _BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
@@ -57,9 +60,11 @@ def decode(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError as e:
             raise Rejected("too_large", str(e)) from None
+        except MemoryError:
+            raise
         except Image.UnidentifiedImageError:
             raise Rejected("not_an_image", "no image format recognised") from None
         except Exception as e:  # Pillow raises many types for junk headers
@@ -76,6 +81,8 @@ def decode(
             drafted = im.draft("L", (tw, th)) is not None and (mode != "L" or (tw, th) != (w, h))
         try:
             im.load()
+        except MemoryError:
+            raise
         except Exception as e:
             raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
         orientation = _orientation(im)

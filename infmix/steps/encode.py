@@ -10,6 +10,10 @@ EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 
 
 def encode(im: Image.Image, fmt: str, quality: int) -> bytes:
+    # Pillow copies comments, ICC profiles and transparency from `info` into the output:
+    # none of the source's metadata goes into the corpus (an RGB profile on an L image is
+    # invalid anyway)
+    im.info = {}
     buf = io.BytesIO()
     if fmt == "jpeg":
         im.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)

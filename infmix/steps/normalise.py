@@ -23,7 +23,7 @@ def stretch(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[np.nd
     if finite.size == 0:
         raise Rejected("corrupt", "no finite pixel values")
     lo, hi = (float(x) for x in np.percentile(finite, percentiles))
-    params = {"method": "stretch", "percentiles": list(percentiles), "low": lo, "high": hi}
+    params = {"method": "stretch", "low": lo, "high": hi}
     if hi <= lo:
         return np.zeros(v.shape, np.uint8), params
     v = np.nan_to_num(v, nan=lo, posinf=hi, neginf=lo)
