@@ -30,6 +30,7 @@ from infmix.dedup.embed import embed_units, uses_builtin
 from infmix.dedup.report import write_duplicates
 from infmix.dedup.stages import deduplicate
 from infmix.engines.local import run_units
+from infmix.errors import InfmixError
 from infmix.process import SourceOptions
 from infmix.sample import Sample
 from infmix.sources import plan as make_plan
@@ -159,6 +160,9 @@ def _build(
     cfg: BuildConfig, out: Path, work: Path, workers: int, console: Console, t0: float
 ) -> dict:
     samples = load_plan(cfg, work, console)
+    warnings = empty_sources(cfg, samples)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
     processed = process_all(cfg, samples, work, workers, console)
     n_units = -(-len(samples) // cfg.process.chunk_size)
     dim = embed_all(cfg, work, n_units, console)
@@ -170,7 +174,8 @@ def _build(
     kept = result.kept
     groups, names = write_shards(cfg, out, work, kept, console)
     dropped = sorted(rejected + result.dropped, key=lambda r: r["key"])
-    per_source = report.source_stats(records, kept, dropped)
+    names_enabled = [s.name for s in cfg.enabled_sources()]
+    per_source = report.source_stats(records, kept, dropped, names_enabled)
     stats = {
         "out": str(out),
         "workers": workers,
@@ -179,6 +184,7 @@ def _build(
         "sources": per_source,
         "total": report.totals(per_source),
         "skipped_sources": cfg._skipped,
+        "warnings": warnings,
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     report.write_manifest(out / "manifest.parquet", groups, names)
@@ -188,4 +194,20 @@ def _build(
     atomic.write_json(out / "stats.json", stats)
     info = shards.info(cfg.name, [f"shards/{n}" for n in names], [len(g) for g in groups])
     atomic.write_json(out / "_info.json", info)
+    if not kept:
+        raise InfmixError(
+            f"no image was kept: {len(samples)} planned, all dropped "
+            f"(see {out / 'rejected.jsonl'} and stats.json)"
+        )
     return stats
+
+
+def empty_sources(cfg: BuildConfig, samples: list[Sample]) -> list[str]:
+    """A source that lists no image is almost always a wrong root or sub-folder option."""
+    planned = {s.source for s in samples}
+    return [
+        f"source {s.name}: no images found under {cfg.source_root(s)} "
+        "(check root, extensions, exclude and the options of its kind)"
+        for s in cfg.enabled_sources()
+        if s.name not in planned
+    ]

@@ -63,10 +63,19 @@ class _SourceBase(_Strict):
     @field_validator("crop", mode="before")
     @classmethod
     def _crop(cls, v: Any) -> Any:
-        if isinstance(v, int):
+        if isinstance(v, int) and not isinstance(v, bool):
             v = (v, v, v, v)
-        if any(int(x) < 0 for x in v):
-            raise ValueError("crop values must be >= 0")
+        if not isinstance(v, (list, tuple)) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+        ):
+            raise ValueError("must be pixels >= 0: one number, or [top, right, bottom, left]")
+        return v
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: Path) -> Path:
+        if str(v) in ("", "."):
+            raise ValueError("must name the dataset's folder (an empty root means the CWD)")
         return v
 
 
@@ -104,8 +113,12 @@ class PairedSource(_SourceBase):
     kind: Literal["paired"]
     thermal_dir: str = Field("infrared", description="Folder name of the thermal side.")
     visible_dir: str = Field("visible", description="Folder name of the visible side.")
-    thermal_suffix: str | None = Field(None, description="File-stem suffix of thermal files.")
-    visible_suffix: str | None = Field(None, description="File-stem suffix of visible files.")
+    thermal_suffix: str | None = Field(
+        None, min_length=1, description="File-stem suffix of thermal files."
+    )
+    visible_suffix: str | None = Field(
+        None, min_length=1, description="File-stem suffix of visible files."
+    )
     frame_stride: int = Field(1, ge=1, description="Keep every n-th thermal image per folder.")
 
 
@@ -262,8 +275,12 @@ def _set_override(data: dict, dotted: str, value: Any) -> None:
     for i, k in enumerate(keys[:-1]):
         if isinstance(node, list):
             node = _list_item(node, k, ".".join(keys[: i + 1]))
+        elif isinstance(node, dict):
+            if not isinstance(node.get(k), (dict, list)):
+                node[k] = {}  # absent, or an empty YAML section (None)
+            node = node[k]
         else:
-            node = node.setdefault(k, {})
+            raise ConfigError(f"override {dotted}: {'.'.join(keys[:i])} is not a section")
     last = keys[-1]
     if isinstance(node, list):
         raise ConfigError(f"override {dotted}: cannot replace a whole source")
@@ -279,14 +296,28 @@ def _list_item(items: list, k: str, where: str) -> Any:
     raise ConfigError(f"override {where}: no source named {k!r}")
 
 
+def _parse_value(raw: str) -> Any:
+    """YAML for numbers, booleans, null and lists; anything else is taken literally (so
+    `root=/data/set #1` keeps its `#1`, and `@x` is a string, not a YAML error)."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return (
+        raw
+        if isinstance(value, str) or (value is None and raw.strip() not in ("null", "~", ""))
+        else value
+    )
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
-    """`a.b=3` -> ("a.b", 3); values are parsed as YAML scalars/lists."""
+    """`a.b=3` -> ("a.b", 3)."""
     out = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {pair!r} is not key=value")
-        out.append((key.strip(), yaml.safe_load(raw) if raw else ""))
+        out.append((key.strip(), _parse_value(raw)))
     return out
 
 
@@ -303,9 +334,11 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except (UnicodeDecodeError, OSError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping at the top level")
     for key, value in parse_overrides(overrides or []):

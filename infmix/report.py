@@ -11,13 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from infmix import atomic
+from infmix.sample import display_path
 
 
-def source_stats(records: list[dict], kept: list[dict], dropped: list[dict]) -> dict:
+def source_stats(
+    records: list[dict], kept: list[dict], dropped: list[dict], sources: list[str] = ()
+) -> dict:
     """Per source: seen, kept, dropped by reason, bytes in and out, images/s of processing."""
     out: dict[str, dict] = defaultdict(
         lambda: {"seen": 0, "kept": 0, "dropped": {}, "input_bytes": 0, "bytes": 0, "seconds": 0.0}
     )
+    for name in sources:  # a row even for a source that listed nothing
+        out[name]
     for r in records:
         s = out[r["source"]]
         s["seen"] += 1
@@ -54,7 +59,10 @@ def totals(per_source: dict) -> dict:
 
 def write_rejected(path: Path, dropped: list[dict]) -> None:
     fields = ("path", "source", "key", "reason", "detail", "duplicate_of")
-    atomic.write_jsonl(path, ({k: r[k] for k in fields if k in r} for r in dropped))
+    rows = (
+        {k: display_path(r[k]) if k == "path" else r[k] for k in fields if k in r} for r in dropped
+    )
+    atomic.write_jsonl(path, rows)
 
 
 def write_manifest(path: Path, shards: list[list[dict]], names: list[str]) -> None:

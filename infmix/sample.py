@@ -8,6 +8,7 @@ first dot, so keys hold no dot; they never start with an underscore either.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -28,10 +29,26 @@ class Sample:
         return asdict(self)
 
 
+MAX_KEY = 160
+
+
 def make_key(source: str, relpath: str) -> str:
-    """`llvip`, `infrared/train/010001.jpg` -> `llvip__infrared__train__010001_jpg`."""
+    """`llvip`, `infrared/train/010001.jpg` -> `llvip__infrared__train__010001_jpg`.
+
+    Very long keys are cut and given a hash of the full path, so tar member names stay short.
+    """
     parts = [_UNSAFE.sub("_", p) for p in relpath.split("/")]
-    return "__".join([source, *parts])
+    key = "__".join([source, *parts])
+    if len(key) > MAX_KEY:
+        digest = hashlib.sha1(relpath.encode(errors="surrogateescape")).hexdigest()[:8]
+        key = f"{key[: MAX_KEY - 9]}-{digest}"
+    return key
+
+
+def display_path(path: str) -> str:
+    """A path as valid UTF-8 text: undecodable bytes of a file name become backslash escapes
+    (they would break json readers and parquet writers downstream)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def unique_keys(source: str, relpaths: list[str]) -> list[str]:
@@ -41,12 +58,15 @@ def unique_keys(source: str, relpaths: list[str]) -> list[str]:
     for k in keys:
         seen[k] = seen.get(k, 0) + 1
     return [
-        f"{k}-{hashlib.sha1(r.encode()).hexdigest()[:8]}" if seen[k] > 1 else k
+        f"{k}-{hashlib.sha1(r.encode(errors='surrogateescape')).hexdigest()[:8]}"
+        if seen[k] > 1
+        else k
         for k, r in zip(keys, relpaths, strict=True)
     ]
 
 
 def natural_key(name: str) -> tuple:
     """Sort key that puts frame_2 before frame_10 (sequence order of unpadded frame numbers)."""
-    parts = tuple(int(t) if t.isdigit() else t for t in _DIGITS.split(name))
+    # isdecimal, not isdigit: "²" is a digit that int() refuses and \d does not match
+    parts = tuple(int(t) if t.isdecimal() else t for t in _DIGITS.split(name))
     return (parts, name)  # the name breaks ties such as 1.jpg / 01.jpg

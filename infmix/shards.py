@@ -1,19 +1,18 @@
 """Deterministic WebDataset tar shards and the `_info.json` that timm's reader reads.
 
-Kept samples are shuffled with a seeded generator (so every shard mixes sources), packed
+Kept samples are shuffled by a seeded hash of their keys (so every shard mixes sources), packed
 greedily under the sample and byte limits, and written with fixed member metadata (mtime 0,
 uid/gid 0, no user names, mode 0644), image before json, so equal inputs give equal bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from infmix import atomic
 from infmix.config import ShardConfig
@@ -23,9 +22,10 @@ RECORD = tarfile.RECORDSIZE  # the archive is padded to a multiple of this
 
 
 def member_bytes(name: str, n: int) -> int:
-    """Tar space of one member: header (+ a PAX header for long names) and padded data."""
-    pax = 3 * BLOCK if len(name.encode()) > 100 else 0
-    return pax + BLOCK + -(-n // BLOCK) * BLOCK
+    """Tar space of one member: its header exactly as written (a PAX header included for long
+    names) and its data padded to 512 bytes."""
+    header = len(_member(name, b"")[0].tobuf(tarfile.PAX_FORMAT))
+    return header + -(-n // BLOCK) * BLOCK
 
 
 def sample_bytes(rec: dict) -> int:
@@ -39,6 +39,16 @@ def meta_bytes(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
+def shuffled(records: list[dict], seed: int) -> list[int]:
+    """A seeded shuffle defined by sha256 of (seed, key): the same on every platform and
+    numpy version (a numpy Generator's stream is not promised to stay the same)."""
+
+    def rank(i: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{records[i]['key']}".encode()).digest()
+
+    return sorted(range(len(records)), key=rank)
+
+
 def assign(records: list[dict], cfg: ShardConfig) -> list[list[dict]]:
     """Shuffle with the seed, then fill shards in order up to either limit.
 
@@ -46,11 +56,11 @@ def assign(records: list[dict], cfg: ShardConfig) -> list[list[dict]]:
     file exceeds `max_shard_bytes` unless a single sample alone does.
     """
     budget = cfg.max_shard_bytes - 2 * BLOCK - RECORD
-    order = np.random.default_rng(cfg.seed).permutation(len(records))
+    order = shuffled(records, cfg.seed)
     shards: list[list[dict]] = [[]]
     size = 0
     for i in order:
-        rec = records[int(i)]
+        rec = records[i]
         n = sample_bytes(rec)
         current = shards[-1]
         if current and (len(current) >= cfg.samples_per_shard or size + n > budget):

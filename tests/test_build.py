@@ -159,6 +159,11 @@ def test_read_back_with_hf_datasets(corpus):
     assert len(ds) == 60
     row = ds[0]
     assert row["jpg"].mode == "L" and row["json"]["key"] == row["__key__"]
+    # one schema for every row: the stretch values of 16-bit frames survive schema inference
+    t16 = [r["json"] for r in ds if r["json"]["source"] == "thermal16"]
+    assert len(t16) == 6 and all(m["conversion"]["low"] > 5000 for m in t16)
+    pairs = [r["json"]["pair_path"] for r in ds if r["json"]["source"] == "rgbt_pairs"]
+    assert all(p.startswith("visible/") for p in pairs)
 
 
 def test_same_bytes_whatever_the_workers(demo_root, corpus, tmp_path):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from infmix.config import BuildConfig
-from infmix.sample import Sample, unique_keys
+from infmix.sample import Sample, display_path, unique_keys
 from infmix.sources.folder import list_folder
 from infmix.sources.imagenet import list_imagenet
 from infmix.sources.paired import list_paired, visible_partner
@@ -30,7 +30,14 @@ def plan_source(cfg: BuildConfig, src) -> list[Sample]:
     keys = unique_keys(src.name, relpaths)
     pairs = [visible_partner(src, root, r) if src.kind == "paired" else None for r in relpaths]
     return [
-        Sample(k, src.name, src.modality, str(root / Path(r)), r, pair)
+        Sample(
+            k,
+            src.name,
+            src.modality,
+            str(root / Path(r)),
+            display_path(r),
+            display_path(pair) if pair else None,
+        )
         for k, r, pair in zip(keys, relpaths, pairs, strict=True)
     ]
 
