@@ -63,13 +63,20 @@ class TimmEmbedder:
         head = model.default_cfg.get("classifier", "head")
         heads = tuple(head) if isinstance(head, (list, tuple)) else (head,)
         state = {k: v for k, v in state.items() if not k.startswith(heads)}
-        result = model.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(heads)]
-        if missing or result.unexpected_keys:
+        own = model.state_dict()
+        missing = [k for k in own if k not in state and not k.startswith(heads)]
+        unexpected = [k for k in state if k not in own]
+        shapes = [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
+        if missing or unexpected or shapes:
             raise InfmixError(
-                f"dedup.near.checkpoint: {checkpoint} does not match the model: "
-                f"missing keys {missing[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+                f"dedup.near.checkpoint: {checkpoint} does not match the model: missing keys "
+                f"{missing[:10]}, unexpected keys {unexpected[:10]}, wrong shapes {shapes[:10]}"
             )
+        model.load_state_dict(state, strict=False)
 
     def _tensor(self, images: list[Image.Image]):
         import torch
