@@ -180,7 +180,7 @@ class NearDedupConfig(_Strict):
         50_000, ge=0, description="Exact (flat) search up to this many images a group, IVF above."
     )
     nlist: int | None = Field(None, ge=1, description="IVF cells (default ~4 sqrt(n)).")
-    nprobe: int = Field(16, ge=1, description="IVF cells searched per query.")
+    nprobe: int = Field(8, ge=1, description="IVF cells searched per query.")
     batch_size: int = Field(64, ge=1, description="Images per batch for timm embedders.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where a timm embedder runs (auto: CUDA when available)."

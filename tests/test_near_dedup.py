@@ -170,17 +170,18 @@ def test_deterministic_across_workers_and_index_types(planted, built, tmp_path):
         ]
 
 
-def test_exact_and_ivf_search_agree():
+@pytest.mark.parametrize("dim", [64, 288])  # 288: the IVF path searches a 64-d PCA
+def test_exact_and_ivf_search_agree(dim):
     rng = np.random.default_rng(3)
-    base = rng.normal(size=(2000, 64)).astype(np.float32)
-    dupes = base[:200] + 0.03 * rng.normal(size=(200, 64)).astype(np.float32)
+    base = rng.normal(size=(3000, dim)).astype(np.float32)
+    dupes = base[:300] + 0.1 / np.sqrt(dim) * rng.normal(size=(300, dim)).astype(np.float32)
     v = np.concatenate([base, dupes])
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     flat, s1 = pairs_above(v, SearchParams(0.99))
-    ivf, s2 = pairs_above(v, SearchParams(0.99, flat_max=0, nlist=16, nprobe=16))
-    assert len(flat) >= 190
+    ivf, s2 = pairs_above(v, SearchParams(0.99, flat_max=0))
+    assert len(flat) >= 280
     assert np.array_equal(flat, ivf) and np.array_equal(s1, s2)
-    # reference: a plain float64 all-pairs loop over the same vectors
+    # reference: a plain float64 all-pairs computation over the same vectors
     sims = v.astype(np.float64) @ v.astype(np.float64).T
     i, j = np.nonzero(np.triu(sims >= 0.99, k=1))
     assert np.array_equal(flat, np.stack([i, j], axis=1))
