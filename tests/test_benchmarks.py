@@ -32,3 +32,30 @@ def test_build_benchmark_prints_rates_and_ratios():
         assert result[key] > 0
     b, c = result["b_plain_loop_img_s"], result["c_infmix_max_side_img_s"]
     assert result["ratio_c_max_side_over_b"] == pytest.approx(c / b, rel=0.01)
+
+
+@pytest.mark.slow
+def test_dedup_benchmark_prints_scale_and_recall():
+    p = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/dedup.py",
+            "--sizes",
+            "60000",
+            "--recall-queries",
+            "300",
+            "--embed-images",
+            "100",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    run = result["sizes"]["60000"]  # above flat_max: the IVF path
+    assert run["wall_s"] > 0 and run["peak_gib"] > 0
+    assert run["pairs"] >= 0.98 * run["planted_pairs"] * 0.99
+    assert run["ivf_recall_vs_exact"] >= 0.98
+    assert result["embedder"]["images_per_s_per_core"] > 0
