@@ -10,14 +10,14 @@ on two cores, with recall against exact search measured by benchmarks/dedup.py.
 
 Every candidate is re-scored in float64 from the full memory-mapped vectors, so which pairs
 pass never depends on the index type, thread count or machine; the index only decides what
-is looked at. GPU builds of faiss have no range search: there a k-NN search (k = `gpu_k`)
-proposes the candidates instead.
+is looked at. With a GPU build of faiss (and a GPU), the search is an exact flat k-NN on the
+GPU instead (k = `gpu_k` neighbours proposed per image; GPU faiss has no range search).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -105,12 +105,15 @@ def pairs_above(vectors: np.ndarray, params: SearchParams) -> tuple[np.ndarray, 
     n = len(vectors)
     if n < 2:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float64)
-    faiss = _faiss()
-    index = build_index(vectors, params)
     gpu = params.use_gpu and gpu_available()
     if gpu:  # pragma: no cover - needs a faiss GPU build
-        index = faiss.index_cpu_to_all_gpus(index)
-    radius = params.radius(ivf=n > params.flat_max)
+        # exact k-NN on the GPU is fast even for millions (no IVF needed, and GPU faiss
+        # supports neither range search nor an HNSW quantizer)
+        index = _faiss().index_cpu_to_all_gpus(build_index(vectors, replace(params, flat_max=n)))
+        radius = params.radius(ivf=False)
+    else:
+        index = build_index(vectors, params)
+        radius = params.radius(ivf=n > params.flat_max)
     found_i, found_j = [], []
     for start in range(0, n, _BATCH):
         q = np.ascontiguousarray(vectors[start : start + _BATCH], dtype=np.float32)
