@@ -1,9 +1,9 @@
-"""`infmix build`: plan -> process (resumable units) -> dedup -> shard -> reports.
+"""`infmix build`: plan -> process (resumable units) -> embed -> dedup -> shard -> reports.
 
 Every stage commits through an atomic rename, and every later stage is a pure function of
 committed files, so a build killed at any moment and run again ends with exactly the bytes of
-an uninterrupted build. The resolved config is saved first; a rerun with another config into
-the same folder is refused rather than mixed.
+an uninterrupted build. The resolved config is saved first (see outdir.py); a rerun with another
+config or environment into the same folder is refused rather than mixed.
 """
 
 from __future__ import annotations
