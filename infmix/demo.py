@@ -8,7 +8,6 @@ how the build records them. Everything comes from one seeded generator: same see
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +125,3 @@ def write_demo_sources(out: Path | str, seed: int = 0) -> dict[str, int]:
     out = Path(out)
     rng = np.random.default_rng(seed)
     return {name: fn(out / name, rng) for name, fn in WRITERS.items()}
-
-
-def jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
