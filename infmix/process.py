@@ -131,8 +131,9 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
     gray = crop(gray, opts.crop)
     check_dark(gray, opts.drop_dark_max)
     final = fit(gray, cfg.max_side)
-    pixels = final.tobytes()
-    res.pixel_hash = hashlib.sha256(f"{final.size}".encode() + pixels).hexdigest()
+    h = hashlib.sha256(f"{final.size}".encode())
+    h.update(final.tobytes())  # no concatenated copy of the pixels
+    res.pixel_hash = h.hexdigest()
     unchanged = (
         dec.format == "JPEG"
         and dec.mode == "L"
