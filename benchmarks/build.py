@@ -3,7 +3,8 @@
 (a) decode every input with Pillow and nothing else; (b) a plain loop: open -> convert to L ->
 JPEG encode -> tarfile; (c) `infmix.build.build` with workers=1 and near-duplicate removal off (the
 stages issue 2 defined), once at full resolution and once with the recipe's `max_side`
-(pipelines/infmix.yaml); and, for reference, the recipe with near-duplicate removal on.
+(pipelines/infmix.yaml); and, for reference, the recipe with `verify_passthrough` (grayscale
+JPEGs decoded in full instead of checked structurally) and with near-duplicate removal on.
 Prints one JSON line with images/s of each and the ratios; targets: c >= 2x b, c >= 0.8x a.
 
     python benchmarks/build.py [--n 200] [--repeat 3]
@@ -63,14 +64,14 @@ def plain_loop(paths: list[Path], out: Path) -> None:
             tar.addfile(info, buf)
 
 
-def infmix_build(root: Path, max_side: int | None, near: bool = False):
+def infmix_build(root: Path, max_side: int | None, near: bool = False, verify: bool = False):
     data = {
         "data_root": str(root),
         "sources": [
             {"name": "ir", "kind": "folder", "root": "ir", "modality": "infrared"},
             {"name": "rgb", "kind": "folder", "root": "rgb", "modality": "rgb"},
         ],
-        "process": {"max_side": max_side, "jpeg_quality": 95},
+        "process": {"max_side": max_side, "jpeg_quality": 95, "verify_passthrough": verify},
         "dedup": {"near": {"enabled": near}},
     }
     cfg = load_config(None, data=data)
@@ -110,11 +111,12 @@ def main() -> None:
             "b": plain_loop,
             "c_full": infmix_build(root, None),
             "c_recipe": infmix_build(root, args.max_side),
+            "c_recipe_verify": infmix_build(root, args.max_side, verify=True),
             "c_recipe_near": infmix_build(root, args.max_side, near=True),
         }
         r = best_rates(fns, paths, args.repeat)
         a, b, c_full, c_recipe = r["a"], r["b"], r["c_full"], r["c_recipe"]
-        c_near = r["c_recipe_near"]
+        c_near, c_verify = r["c_recipe_near"], r["c_recipe_verify"]
     finally:
         shutil.rmtree(root)
     print(
@@ -128,6 +130,7 @@ def main() -> None:
                 "c_infmix_full_res_img_s": round(c_full, 1),
                 "c_infmix_max_side_img_s": round(c_recipe, 1),
                 "max_side": args.max_side,
+                "c_infmix_max_side_verify_passthrough_img_s": round(c_verify, 1),
                 "c_infmix_max_side_with_near_dedup_img_s": round(c_near, 1),
                 "ratio_c_full_over_b": round(c_full / b, 3),
                 "ratio_c_full_over_a": round(c_full / a, 3),

@@ -64,9 +64,7 @@ def _record(r: Result, offset: int) -> dict:
         "seconds": round(r.seconds, 6),
     }
     if r.ok:
-        rec.update(
-            offset=offset, length=len(r.data), ext=r.ext, pixel_hash=r.pixel_hash, meta=r.meta
-        )
+        rec.update(offset=offset, length=len(r.data), ext=r.ext, meta=r.meta)
     else:
         rec.update(reason=r.reason, detail=r.detail)
     return rec

@@ -147,6 +147,11 @@ class ProcessConfig(_Strict):
     passthrough: bool = Field(
         True, description="Store 8-bit grayscale JPEGs that need no change byte for byte."
     )
+    verify_passthrough: bool = Field(
+        False,
+        description="Decode passed-through JPEGs in full (slower); otherwise their header and "
+        "marker structure are checked, and they are decoded only when a step needs pixels.",
+    )
     chunk_size: int = Field(
         256, ge=1, description="Samples per work unit; a unit is the grain of resume."
     )
@@ -195,9 +200,9 @@ class NearDedupConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    """Duplicate removal: exact (same pixels), then near (same picture)."""
+    """Duplicate removal: exact (same stored image), then near (same picture)."""
 
-    exact: bool = Field(True, description="Keep one image per identical decoded pixel array.")
+    exact: bool = Field(True, description="Keep one image per byte-identical stored image.")
     near: NearDedupConfig = NearDedupConfig()
 
 

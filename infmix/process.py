@@ -1,9 +1,10 @@
 """One sample, start to finish: read -> decode -> grayscale -> crop/filter/resize -> encode.
 
 Returns either stored bytes with their metadata or a rejection; it never raises for bad input.
-An 8-bit grayscale JPEG that needs no change is stored byte for byte (no re-encode loss, no
-encode time); it is still fully decoded once, which both validates it and gives the pixel
-hash used by exact deduplication.
+An 8-bit grayscale JPEG that needs no change is stored byte for byte, minus its metadata (no
+re-encode loss, no encode time). When nothing needs its pixels it is not even decoded: its
+header and marker structure are checked instead (`process.verify_passthrough` decodes it in
+full). Every other input is decoded exactly once.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from infmix.config import ProcessConfig
 from infmix.dedup.descriptor import thumb_descriptor
 from infmix.errors import InfmixError
 from infmix.sample import Sample
-from infmix.steps.decode import Rejected, decode
+from infmix.steps.decode import Decoded, Rejected, load, open_image, orientation_tag
 from infmix.steps.encode import EXTENSIONS, encode
 from infmix.steps.geometry import check_dark, crop, fit
-from infmix.steps.jpeg import strip_jpeg
+from infmix.steps.jpeg import plain_gray, strip_jpeg
 from infmix.steps.normalise import to_gray
 
 
@@ -47,7 +48,6 @@ class Result:
     data: bytes = b""
     ext: str = ""
     meta: dict = field(default_factory=dict)
-    pixel_hash: str = ""
     embedding: np.ndarray | None = None
     reason: str = ""
     detail: str = ""
@@ -102,8 +102,8 @@ def process_sample(
     try:
         data = read_file(sample.path, cfg.max_file_bytes)
         res.input_bytes = len(data)
-        final = _convert(data, res, opts, cfg)
-        if embed:
+        final = _convert(data, res, opts, cfg, embed)
+        if embed:  # `_convert` decodes whenever `embed` is set
             res.embedding = thumb_descriptor(final)
     except Rejected as e:
         res.reason, res.detail = e.reason, e.detail
@@ -122,18 +122,21 @@ def process_sample(
     return res
 
 
-def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) -> Image.Image:
+def _convert(
+    data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig, embed: bool
+) -> Image.Image | None:
+    """Fill `res`; returns the final image, or None when the input was stored undecoded."""
+    im = open_image(data, cfg.max_pixels)
+    if _untouched(im, opts, cfg, embed) and _pass_through(data, im, res):
+        return None
     cropping = any(opts.crop)
-    dec = decode(data, cfg.max_pixels, cfg.max_side, allow_reduce=not cropping)
+    dec = load(im, cfg.max_side, allow_reduce=not cropping)
     gray, conversion = to_gray(dec.image, cfg.percentiles)
     if dec.drafted:
         conversion = {"method": "jpeg_luma_plane"}
     gray = crop(gray, opts.crop)
     check_dark(gray, opts.drop_dark_max)
     final = fit(gray, cfg.max_side)
-    h = hashlib.sha256(f"{final.size}".encode())
-    h.update(final.tobytes())  # no concatenated copy of the pixels
-    res.pixel_hash = h.hexdigest()
     unchanged = (
         dec.format == "JPEG"
         and dec.mode == "L"
@@ -145,7 +148,7 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
     )
     stripped = strip_jpeg(data) if cfg.passthrough and cfg.format == "jpeg" and unchanged else None
     if stripped is not None:  # same pixels, no metadata, no re-encode
-        res.data, conversion = stripped, {"method": "passthrough"}
+        res.data, conversion = stripped.data, {"method": "passthrough"}
     else:
         res.data = encode(final, cfg.format, cfg.jpeg_quality)
     res.ext = EXTENSIONS[cfg.format]
@@ -155,6 +158,36 @@ def _convert(data: bytes, res: Result, opts: SourceOptions, cfg: ProcessConfig) 
         conversion["exif_oriented"] = True
     res.meta = _meta(res, dec, final.size, conversion)
     return final
+
+
+def _untouched(im: Image.Image, opts: SourceOptions, cfg: ProcessConfig, embed: bool) -> bool:
+    """From the header alone: an 8-bit grayscale JPEG that no step would change, and whose
+    pixels nothing needs (no descriptor, no dark-frame check, no full verification)."""
+    return (
+        cfg.passthrough
+        and cfg.format == "jpeg"
+        and not cfg.verify_passthrough
+        and not embed
+        and opts.drop_dark_max is None
+        and not any(opts.crop)
+        and im.format == "JPEG"
+        and im.mode == "L"
+        and (cfg.max_side is None or max(im.size) <= cfg.max_side)
+        and orientation_tag(im) in (0, 1)
+    )
+
+
+def _pass_through(data: bytes, im: Image.Image, res: Result) -> bool:
+    """Store the stripped stream without decoding it, if its structure is plain (see
+    steps/jpeg.py); anything less usual is decoded, which checks it in full."""
+    stripped = strip_jpeg(data)
+    w, h = im.size
+    if stripped is None or not plain_gray(stripped, w, h):
+        return False
+    res.data, res.ext = stripped.data, EXTENSIONS["jpeg"]
+    dec = Decoded(im, "JPEG", w, h, "L", 8, oriented=False, drafted=False)
+    res.meta = _meta(res, dec, (w, h), {"method": "passthrough"})
+    return True
 
 
 # Every sample's json has every field, typed the same way in all of them: readers that infer

@@ -3,12 +3,13 @@
 Kept samples are shuffled by a seeded hash of their keys (so every shard mixes sources), packed
 greedily under the sample and byte limits, and written with fixed member metadata (mtime 0,
 uid/gid 0, no user names, mode 0644), image before json, so equal inputs give equal bytes.
+The bytes are exactly those of `tarfile` in PAX format; the usual header (a short ASCII name)
+is formatted here directly, which is several times faster than building a `TarInfo`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from collections.abc import Callable
@@ -24,8 +25,25 @@ RECORD = tarfile.RECORDSIZE  # the archive is padded to a multiple of this
 def member_bytes(name: str, n: int) -> int:
     """Tar space of one member: its header exactly as written (a PAX header included for long
     names) and its data padded to 512 bytes."""
-    header = len(_member(name, b"")[0].tobuf(tarfile.PAX_FORMAT))
-    return header + -(-n // BLOCK) * BLOCK
+    return len(header(name, n)) + -(-n // BLOCK) * BLOCK
+
+
+def header(name: str, size: int) -> bytes:
+    """The header block(s) `tarfile` writes for a regular file of our fixed metadata."""
+    raw = name.encode("ascii") if name.isascii() else b""
+    if not raw or len(raw) > 100 or size >= 8**11:  # PAX records needed: let tarfile do it
+        info = _member(name)
+        info.size = size
+        return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    h = bytearray(BLOCK)
+    h[: len(raw)] = raw
+    # mode, uid, gid, size, mtime; then the checksum field counted as spaces; type 0
+    h[100:148] = b"0000644\x000000000\x000000000\x00%011o\x0000000000000\x00" % size
+    h[148:156] = b"        "
+    h[156] = ord(tarfile.REGTYPE)
+    h[257:265] = tarfile.POSIX_MAGIC
+    h[148:155] = b"%06o\x00" % sum(h)
+    return bytes(h)
 
 
 def sample_bytes(rec: dict) -> int:
@@ -75,22 +93,32 @@ def shard_name(cfg: ShardConfig, index: int) -> str:
     return f"{cfg.prefix}-{index:06d}.tar"
 
 
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+def _member(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.mtime, info.mode = 0, 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info, io.BytesIO(data)
+    return info
 
 
 def write_shard(path: Path, records: list[dict], read: Callable[[dict], bytes]) -> None:
     """Write one shard atomically: `<key>.<ext>` then `<key>.json` for every record."""
 
     def writer(f) -> None:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for rec in records:
-                tar.addfile(*_member(f"{rec['key']}.{rec['ext']}", read(rec)))
-                tar.addfile(*_member(f"{rec['key']}.json", meta_bytes(rec["meta"])))
+        offset = 0
+        for rec in records:
+            for name, data in (
+                (f"{rec['key']}.{rec['ext']}", read(rec)),
+                (f"{rec['key']}.json", meta_bytes(rec["meta"])),
+            ):
+                head = header(name, len(data))
+                pad = -len(data) % BLOCK
+                f.write(head)
+                f.write(data)
+                f.write(bytes(pad))
+                offset += len(head) + len(data) + pad
+        end = 2 * BLOCK  # end-of-archive blocks, then padding to a whole record, as tarfile
+        f.write(bytes(end + -(offset + end) % RECORD))
 
     atomic.write_with(path, writer)
 

@@ -28,10 +28,13 @@ def test_build_benchmark_prints_rates_and_ratios():
         "b_plain_loop_img_s",
         "c_infmix_full_res_img_s",
         "c_infmix_max_side_img_s",
+        "c_infmix_max_side_verify_passthrough_img_s",
+        "c_infmix_max_side_with_near_dedup_img_s",
     ):
         assert result[key] > 0
     b, c = result["b_plain_loop_img_s"], result["c_infmix_max_side_img_s"]
     assert result["ratio_c_max_side_over_b"] == pytest.approx(c / b, rel=0.01)
+    assert isinstance(result["target_met_max_side"], bool)
 
 
 @pytest.mark.slow

@@ -51,10 +51,8 @@ def _target_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def decode(
-    data: bytes, max_pixels: int, max_side: int | None = None, allow_reduce: bool = True
-) -> Decoded:
-    """Decode `data` honouring EXIF orientation; raise `Rejected` for anything unusable."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header only (no pixels decoded); raise `Rejected` for anything unusable."""
     if not data:
         raise Rejected("empty_file")
     with warnings.catch_warnings():
@@ -69,12 +67,27 @@ def decode(
             raise Rejected("not_an_image", "no image format recognised") from None
         except Exception as e:  # Pillow raises many types for junk headers
             raise Rejected("not_an_image", f"{type(e).__name__}: {e}") from None
-        w, h = im.size
-        if w * h > max_pixels:
-            raise Rejected("too_large", f"{w}x{h} is over max_pixels={max_pixels}")
-        if w < 1 or h < 1:
-            raise Rejected("corrupt", f"image size {w}x{h}")
-        fmt, mode = im.format or "", im.mode
+    w, h = im.size
+    if w * h > max_pixels:
+        raise Rejected("too_large", f"{w}x{h} is over max_pixels={max_pixels}")
+    if w < 1 or h < 1:
+        raise Rejected("corrupt", f"image size {w}x{h}")
+    return im
+
+
+def decode(
+    data: bytes, max_pixels: int, max_side: int | None = None, allow_reduce: bool = True
+) -> Decoded:
+    """Decode `data` honouring EXIF orientation; raise `Rejected` for anything unusable."""
+    return load(open_image(data, max_pixels), max_side, allow_reduce)
+
+
+def load(im: Image.Image, max_side: int | None = None, allow_reduce: bool = True) -> Decoded:
+    """Decode the pixels of an image from `open_image`."""
+    w, h = im.size
+    fmt, mode = im.format or "", im.mode
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         drafted = False
         if fmt == "JPEG" and mode in ("RGB", "YCbCr", "L"):
             tw, th = _target_size(w, h, max_side) if allow_reduce else (w, h)
@@ -85,13 +98,13 @@ def decode(
             raise
         except Exception as e:
             raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
-        orientation = _orientation(im)
+        orientation = orientation_tag(im)
         if orientation not in (0, 1):
             im = ImageOps.exif_transpose(im)
     return Decoded(im, fmt, w, h, mode, bit_depth(mode), orientation not in (0, 1), drafted)
 
 
-def _orientation(im: Image.Image) -> int:
+def orientation_tag(im: Image.Image) -> int:
     try:
         return int(im.getexif().get(_ORIENTATION, 1))
     except Exception:  # a broken EXIF block does not make a broken image

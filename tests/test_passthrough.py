@@ -1,0 +1,250 @@
+"""The fast paths of a build: JPEGs stored undecoded, exact dedup by stored bytes, tar headers.
+
+Each fast path is checked against what the slow path (a full decode, `tarfile`) gives.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from infmix import process, shards
+from infmix.build import build
+from infmix.config import ProcessConfig, load_config
+from infmix.process import SourceOptions, process_sample
+from infmix.sample import Sample
+from infmix.steps.jpeg import plain_gray, strip_jpeg
+
+
+def gray_jpeg(seed: int = 0, h: int = 48, w: int = 64, **save) -> bytes:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.clip(60 + 2 * x + y + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def run_bytes(tmp_path: Path, data: bytes, opts=None, embed=False, **cfg):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(data)
+    sample = Sample("t__x", "t", "infrared", str(path), "x.jpg")
+    return process_sample(sample, opts or SourceOptions(), ProcessConfig(**cfg), embed)
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list:
+    """Records every pixel decode the processing step makes."""
+    calls: list = []
+    real = process.load
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].size)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(process, "load", spy)
+    return calls
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+# ---------------------------------------------------------------- stored without decoding
+
+
+@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"optimize": True}])
+def test_plain_gray_jpeg_is_stored_without_a_decode(tmp_path, decodes, save):
+    data = gray_jpeg(**save)
+    res = run_bytes(tmp_path, data)
+    assert res.ok and decodes == []
+    assert res.data == data  # a plain JFIF stream comes out byte for byte
+    assert res.meta["conversion"]["method"] == "passthrough"
+
+
+def test_undecoded_and_verified_passthrough_store_the_same_sample(tmp_path, decodes):
+    exif = Image.Exif()
+    exif[0x010F] = "camera maker"  # metadata that stripping must remove
+    im = Image.open(io.BytesIO(gray_jpeg(3)))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, exif=exif, comment=b"secret")
+    fast = run_bytes(tmp_path, buf.getvalue())
+    assert decodes == []
+    slow = run_bytes(tmp_path, buf.getvalue(), verify_passthrough=True)
+    assert decodes == [(64, 48)]
+    assert fast.data == slow.data and fast.meta == slow.meta
+    assert b"camera maker" not in fast.data and b"secret" not in fast.data
+    # the stored stream decodes to exactly the original pixels
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast.data))), np.asarray(im))
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        {"embed": True},  # the near-duplicate descriptor needs pixels
+        {"opts": SourceOptions(drop_dark_max=5)},  # so does the dark-frame filter
+        {"verify_passthrough": True},
+        {"max_side": 32},  # the image shrinks: re-encoded
+    ],
+)
+def test_gray_jpeg_is_decoded_when_something_needs_its_pixels(tmp_path, decodes, why):
+    res = run_bytes(tmp_path, gray_jpeg(), **why)
+    assert res.ok and decodes == [(64, 48)]
+    if "max_side" not in why:
+        assert res.meta["conversion"]["method"] == "passthrough"
+
+
+def test_orientation_tag_means_decode_and_rotate(tmp_path, decodes):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im = Image.open(io.BytesIO(gray_jpeg()))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, exif=exif)
+    res = run_bytes(tmp_path, buf.getvalue())
+    assert decodes == [(64, 48)] and (res.meta["width"], res.meta["height"]) == (48, 64)
+
+
+def _without(data: bytes, marker: int) -> bytes:
+    """`data` with every segment of `marker` removed (before the first scan)."""
+    out, pos = [data[:2]], 2
+    while data[pos + 1] != 0xDA:
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if data[pos + 1] != marker:
+            out.append(data[pos:end])
+        pos = end
+    return b"".join(out) + data[pos:]
+
+
+def _sof_byte(data: bytes, value: int) -> bytes:
+    i = data.index(b"\xff\xc0")
+    return data[: i + 1] + bytes([value]) + data[i + 2 :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda d: d[: len(d) // 2], id="truncated"),
+        pytest.param(lambda d: _without(d, 0xDB), id="no-quantisation-table"),
+        pytest.param(lambda d: _sof_byte(d, 0xC3), id="lossless-frame"),
+        pytest.param(lambda d: _sof_byte(d, 0xC9), id="arithmetic-frame"),
+        pytest.param(lambda d: d.replace(b"\xff\xd9", b""), id="no-eoi"),
+    ],
+)
+def test_unusual_or_broken_streams_are_never_stored_undecoded(tmp_path, decodes, damage):
+    """Anything the structural check does not recognise as plain is decoded (which rejects
+    what libjpeg cannot read) or re-encoded: never copied unchecked."""
+    data = damage(gray_jpeg())
+    res = run_bytes(tmp_path, data)
+    assert decodes, "went through undecoded"
+    if res.ok:
+        assert res.data != data or res.meta["conversion"]["method"] == "passthrough"
+        Image.open(io.BytesIO(res.data)).load()  # whatever is stored decodes
+
+
+def test_structure_summary_of_a_real_stream():
+    s = strip_jpeg(gray_jpeg(h=40, w=56))
+    assert s is not None and s.scans == 1 and s.empty_scans == 0 and s.tables_before_scan
+    assert s.frames == ((0xC0, 8, 40, 56, 1),)
+    assert plain_gray(s, 56, 40) and not plain_gray(s, 40, 56)
+    colour = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(colour, "JPEG")
+    assert not plain_gray(strip_jpeg(colour.getvalue()), 8, 8)  # three components
+    two_frames = segment(0xC0, bytes([8, 0, 8, 0, 8, 1, 1, 0x11, 0]))
+    data = gray_jpeg(h=8, w=8)
+    i = data.index(b"\xff\xc0")
+    assert not plain_gray(strip_jpeg(data[:i] + two_frames + data[i:]), 8, 8)
+
+
+# ---------------------------------------------------------------- exact duplicates
+
+
+def _corpus(tmp_path: Path, files: dict[str, bytes], modality: str = "infrared") -> Path:
+    root = tmp_path / "src"
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    cfg = load_config(
+        None,
+        data={
+            "sources": [{"name": "s", "kind": "folder", "root": str(root), "modality": modality}],
+            "dedup": {"near": {"enabled": False}},
+        },
+    )
+    out = tmp_path / "out"
+    build(cfg, out, workers=1)
+    return out
+
+
+def _dropped(out: Path) -> dict[str, str]:
+    rows = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    return {Path(r["path"]).name: r["reason"] for r in rows}
+
+
+def test_copies_differing_only_in_metadata_are_exact_duplicates(tmp_path):
+    data = gray_jpeg(1)
+    tagged = data[:2] + segment(0xFE, b"a comment") + data[2:] + b"trailing junk"
+    other = gray_jpeg(2)
+    out = _corpus(tmp_path, {"a.jpg": data, "b.jpg": tagged, "c.jpg": other})
+    assert _dropped(out) == {"b.jpg": "exact_duplicate"}
+
+
+def test_same_pixels_in_other_formats_are_exact_duplicates(tmp_path):
+    """Re-encoded images are encoded deterministically: equal final pixels, equal bytes."""
+    rgb = np.random.default_rng(5).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    files = {}
+    for fmt, ext in (("PNG", "png"), ("BMP", "bmp"), ("TIFF", "tif")):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, fmt)
+        files[f"img.{ext}"] = buf.getvalue()
+    shifted = rgb.copy()
+    shifted[0, 0] ^= 0x80  # one pixel differs
+    buf = io.BytesIO()
+    Image.fromarray(shifted).save(buf, "PNG")
+    files["other.png"] = buf.getvalue()
+    out = _corpus(tmp_path, files, "rgb")
+    assert _dropped(out) == {"img.png": "exact_duplicate", "img.tif": "exact_duplicate"}
+
+
+# ---------------------------------------------------------------- tar headers
+
+
+NAMES = ["a", "x" * 95, "y" * 96, "z" * 97, "k" * 150, "ü-name", "caf\udce9", "sp ace"]
+
+
+def test_shards_are_byte_identical_to_tarfile(tmp_path):
+    records = [
+        {"key": n, "ext": "jpg", "meta": {"i": i, "n": n}, "data": bytes([i]) * (i * 377)}
+        for i, n in enumerate(NAMES)
+    ]
+    shards.write_shard(tmp_path / "ours.tar", records, lambda r: r["data"])
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for r in records:
+            meta = json.dumps(r["meta"], sort_keys=True, separators=(",", ":")).encode()
+            for name, data in ((f"{r['key']}.jpg", r["data"]), (f"{r['key']}.json", meta)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "ours.tar").read_bytes() == ref.getvalue()
+    with tarfile.open(tmp_path / "ours.tar") as tar:
+        assert [m.name for m in tar][:2] == ["a.jpg", "a.json"]
+        assert tar.extractfile("k" * 150 + ".jpg").read() == records[4]["data"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 10**6])
+def test_member_size_is_what_the_writer_writes(tmp_path, name, size):
+    rec = {"key": name, "ext": "jpg", "meta": {}, "data": b"\x01" * size}
+    shards.write_shard(tmp_path / "one.tar", [rec], lambda r: r["data"])
+    written = (tmp_path / "one.tar").stat().st_size
+    framing = shards.member_bytes(f"{name}.jpg", size) + shards.member_bytes(f"{name}.json", 2)
+    end = 2 * shards.BLOCK
+    assert written == framing + end + -(framing + end) % shards.RECORD
