@@ -147,10 +147,77 @@ def test_unusual_or_broken_streams_are_never_stored_undecoded(tmp_path, decodes,
         Image.open(io.BytesIO(res.data)).load()  # whatever is stored decodes
 
 
+def _header_end(data: bytes) -> int:
+    """Offset of the first scan's entropy-coded data."""
+    pos = 2
+    while True:
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if data[pos + 1] == 0xDA:
+            return end
+        pos = end
+
+
+def _seg(data: bytes, marker: int) -> int:
+    """Offset of the first `marker` segment's payload."""
+    return data.index(bytes([0xFF, marker])) + 4
+
+
+def _set(data: bytes, i: int, v: int) -> bytes:
+    return data[:i] + bytes([v]) + data[i + 1 :]
+
+
+HEADER_DAMAGE = {
+    "undefined-quant-table": lambda d: _set(d, _seg(d, 0xC0) + 8, 1),
+    "short-frame": lambda d: (
+        d[: _seg(d, 0xC0) - 2]
+        + b"\x00\x08"
+        + d[_seg(d, 0xC0) : _seg(d, 0xC0) + 6]
+        + d[_seg(d, 0xC0) + 9 :]
+    ),
+    "scan-names-no-component": lambda d: _set(d, _seg(d, 0xDA) + 1, 9),
+    "scan-uses-undefined-tables": lambda d: _set(d, _seg(d, 0xDA) + 2, 0x33),
+    "zero-sampling": lambda d: _set(d, _seg(d, 0xC0) + 7, 0),
+    "huffman-counts-overflow": lambda d: (
+        d[: _seg(d, 0xC4) + 1] + bytes([255] * 16) + d[_seg(d, 0xC4) + 17 :]
+    ),
+    "scan-without-components": lambda d: _set(d, _seg(d, 0xDA), 0),
+}
+
+
+@pytest.mark.parametrize("damage", list(HEADER_DAMAGE.values()), ids=list(HEADER_DAMAGE))
+def test_broken_headers_are_rejected_not_stored(tmp_path, damage):
+    res = run_bytes(tmp_path, damage(gray_jpeg()))
+    assert res.reason == "corrupt", (res.reason, res.meta)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_header_fuzz_never_stores_an_undecodable_stream(tmp_path, progressive):
+    """Every single-byte change to the headers of a valid stream: whatever is stored without a
+    decode must decode (anything doubtful goes to the full decode, which rejects it)."""
+    base = gray_jpeg(progressive=progressive)
+    cfg = ProcessConfig()
+    undecoded = 0
+    for i in range(2, _header_end(base)):
+        for v in (0x00, 0x01, 0x11, 0x40, 0xFE):
+            data = _set(base, i, v)
+            try:
+                im = process.open_image(data, cfg.max_pixels)
+            except process.Rejected:
+                continue
+            res = process.Result(Sample("k", "s", "infrared", "p", "p"))
+            if process._untouched(im, SourceOptions(), cfg, False) and process._pass_through(
+                data, im, res
+            ):
+                undecoded += 1
+                Image.open(io.BytesIO(res.data)).load()
+    assert undecoded > 50  # the harmless changes (table values, density...) still pass
+
+
 def test_structure_summary_of_a_real_stream():
     s = strip_jpeg(gray_jpeg(h=40, w=56))
-    assert s is not None and s.scans == 1 and s.empty_scans == 0 and s.tables_before_scan
-    assert s.frames == ((0xC0, 8, 40, 56, 1),)
+    assert s is not None and len(s.scan_bytes) == 1 and s.scan_bytes[0] > 0
+    assert [m for m, _ in s.segments] == [0xDB, 0xC0, 0xC4, 0xC4, 0xDA]  # gray: DC + AC table
+    assert s.segments[1][1][:6] == bytes([8, 0, 40, 0, 56, 1])  # 8 bits, 40 x 56, 1 component
     assert plain_gray(s, 56, 40) and not plain_gray(s, 40, 56)
     colour = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 200, 30)).save(colour, "JPEG")
@@ -189,9 +256,15 @@ def _dropped(out: Path) -> dict[str, str]:
 def test_copies_differing_only_in_metadata_are_exact_duplicates(tmp_path):
     data = gray_jpeg(1)
     tagged = data[:2] + segment(0xFE, b"a comment") + data[2:] + b"trailing junk"
+    no_jfif = data[:2] + data[20:]  # Pillow's JFIF header is 18 bytes after SOI
+    assert no_jfif[2:4] == b"\xff\xdb"
+    dpi = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(dpi, "JPEG", quality=90, dpi=(300, 300))
+    assert dpi.getvalue() != data
     other = gray_jpeg(2)
-    out = _corpus(tmp_path, {"a.jpg": data, "b.jpg": tagged, "c.jpg": other})
-    assert _dropped(out) == {"b.jpg": "exact_duplicate"}
+    files = {"a.jpg": data, "b.jpg": tagged, "c.jpg": other, "d.jpg": no_jfif}
+    out = _corpus(tmp_path, {**files, "e.jpg": dpi.getvalue()})
+    assert _dropped(out) == {n: "exact_duplicate" for n in ("b.jpg", "d.jpg", "e.jpg")}
 
 
 def test_same_pixels_in_other_formats_are_exact_duplicates(tmp_path):
