@@ -12,7 +12,9 @@ COPY pyproject.toml README.md ./
 COPY infmix ./infmix
 COPY unip ./unip
 COPY pipelines ./pipelines
-RUN pip install --no-cache-dir . \
+# the project itself, with extras for timm embedders and Ray builds (ranges in pyproject.toml)
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[embed,ray]" \
     && infmix --help > /dev/null \
     && unip --help > /dev/null
 

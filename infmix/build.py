@@ -29,7 +29,8 @@ from infmix.dedup.descriptor import DIM
 from infmix.dedup.embed import embed_units, uses_builtin
 from infmix.dedup.report import write_duplicates
 from infmix.dedup.stages import deduplicate
-from infmix.engines.local import run_units
+from infmix.engines import check as check_engine
+from infmix.engines import runner
 from infmix.errors import InfmixError
 from infmix.process import SourceOptions
 from infmix.sample import Sample
@@ -67,21 +68,34 @@ def load_plan(cfg: BuildConfig, work: Path, console: Console) -> list[Sample]:
 
 
 def process_all(
-    cfg: BuildConfig, samples: list[Sample], work: Path, workers: int, console: Console
+    cfg: BuildConfig,
+    samples: list[Sample],
+    work: Path,
+    workers: int | None,
+    console: Console,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> int:
-    """Run every unit not yet committed; returns the number of units this run processed."""
+    """Run every unit not yet committed; returns the number of units this run processed.
+    Units are the same whatever the engine, so a build may be resumed with another one."""
     atomic.remove_temporaries(work / "chunks")
     size = cfg.process.chunk_size
     options = {s.name: SourceOptions(tuple(s.crop), s.drop_dark_max) for s in cfg.sources}
+    process_cfg, near = cfg.process, cfg.dedup.near
+    if near.enabled and not uses_builtin(near):
+        # a model embedder decodes every stored image later: decode each one here, where one
+        # that libjpeg cannot read becomes a rejection instead of stopping the embedding
+        process_cfg = process_cfg.model_copy(update={"verify_passthrough": True})
     jobs = []
     for i, start in enumerate(range(0, len(samples), size)):
         if not chunks.is_done(work, i):
             batch = samples[start : start + size]
-            jobs.append((work, i, batch, options, cfg.process, uses_builtin(cfg.dedup.near)))
+            jobs.append((work, i, batch, options, process_cfg, uses_builtin(near)))
     done_before = len(samples) - sum(len(j[2]) for j in jobs)
     with _progress(console) as bar:
         task = bar.add_task("processing", total=len(samples), completed=done_before)
-        run_units(
+        roots = [cfg.source_root(s) for s in cfg.enabled_sources()]
+        runner(engine, ray_address, work, roots)(
             chunks.run_unit,
             jobs,
             workers,
@@ -146,24 +160,36 @@ def build(
     workers: int | None = None,
     overwrite: bool = False,
     console: Console | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
-    """Build the corpus into `out` (or finish an interrupted build there); returns stats."""
+    """Build the corpus into `out` (or finish an interrupted build there); returns stats.
+    `engine`: `local` or `ray` (`ray_address`: a cluster; None starts a local instance)."""
     console = console or Console(stderr=True)
     out = Path(out).resolve()
-    workers = workers or os.cpu_count() or 1
+    check_engine(engine, ray_address)
+    if engine == "local":  # Ray schedules over its cluster's CPUs unless told
+        workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     with outdir.claim(out, dump_config(cfg), overwrite) as work:
-        return _build(cfg, out, work, workers, console, t0)
+        return _build(cfg, out, work, workers, console, t0, engine, ray_address)
 
 
 def _build(
-    cfg: BuildConfig, out: Path, work: Path, workers: int, console: Console, t0: float
+    cfg: BuildConfig,
+    out: Path,
+    work: Path,
+    workers: int | None,
+    console: Console,
+    t0: float,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     samples = load_plan(cfg, work, console)
     warnings = empty_sources(cfg, samples)
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    processed = process_all(cfg, samples, work, workers, console)
+    processed = process_all(cfg, samples, work, workers, console, engine, ray_address)
     n_units = -(-len(samples) // cfg.process.chunk_size)
     dim = embed_all(cfg, work, n_units, console)
     records = collect(work, samples, cfg.process.chunk_size)

@@ -7,6 +7,7 @@ never show local variables (a Hub token may be in scope).
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,11 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(1)
 
 
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def build(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
@@ -49,6 +55,21 @@ def build(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete the build in --out first.")] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="Where units run: processes here, or Ray tasks (needs the `ray` extra; "
+            "--workers then caps the units in flight). Same output: a build may be resumed "
+            "with the other engine.",
+        ),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to use (`auto`, HOST:PORT); default: start a local instance. "
+            "--out and the sources must be on a filesystem every node shares."
+        ),
+    ] = None,
 ) -> None:
     """Build (or resume) a corpus from the sources in CONFIG."""
     from infmix.build import build as run_build
@@ -59,7 +80,9 @@ def build(
         cfg = load_config(config, overrides or [])
         for skipped in cfg._skipped:
             console.print(f"[yellow]warning:[/] skipping source {skipped}", highlight=False)
-        stats = run_build(cfg, out, workers=workers, overwrite=overwrite, console=console)
+        stats = run_build(
+            cfg, out, workers, overwrite, console, engine=engine.value, ray_address=ray_address
+        )
     except (InfmixError, OSError) as e:  # OSError: the disk is full, a folder unwritable...
         _fail(e)
     print_summary(Console(), stats)
@@ -130,6 +153,55 @@ def dedup_calibrate(
             str(r["fn"]),
         )
     Console().print(table)
+
+
+@app.command()
+def publish(
+    build_dir: Annotated[Path, typer.Argument(help="A finished `infmix build` folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repository OWNER/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option(help="Branch to commit to (created if missing).")
+    ] = None,
+    dry_run: Annotated[
+        Path | None,
+        typer.Option("--dry-run", help="Write the files that would be uploaded here; no network."),
+    ] = None,
+) -> None:
+    """Upload a corpus to the Hugging Face Hub (token: HF_TOKEN or your saved login)."""
+    from infmix.publish import publish as run_publish
+
+    try:
+        result = run_publish(build_dir, repo_id, private, revision, dry_run, console=console)
+    except (InfmixError, OSError) as e:
+        _fail(e)
+    if dry_run is None:
+        console.print(
+            f"published {build_dir} to https://huggingface.co/datasets/{repo_id}: "
+            f"{result['sent']} files sent, {result['skipped']} already there",
+            highlight=False,
+        )
+
+
+@app.command("inspect")
+def inspect_corpus(
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="A finished `infmix build` folder.")],
+    per_source: Annotated[
+        int, typer.Option(min=1, help="Random images per source on DIR/samples.png.")
+    ] = 6,
+    sample: Annotated[
+        int, typer.Option(min=1, help="Images decoded (at most) for the intensity histogram.")
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of both random samples.")] = 0,
+) -> None:
+    """Summarise a built corpus and write DIR/samples.png, a row of images per source."""
+    from infmix.inspect import inspect, print_inspect
+
+    try:
+        summary = inspect(out, per_source=per_source, sample=sample, seed=seed)
+    except (InfmixError, OSError) as e:
+        _fail(e)
+    print_inspect(Console(), summary)
 
 
 @app.command()

@@ -37,6 +37,7 @@ OUTPUTS = (
     "stats.json",
     "duplicates.parquet",
     "duplicates.png",
+    "samples.png",  # written by `infmix inspect`
     MARKER,
 )
 

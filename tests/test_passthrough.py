@@ -213,6 +213,47 @@ def test_header_fuzz_never_stores_an_undecodable_stream(tmp_path, progressive):
     assert undecoded > 50  # the harmless changes (table values, density...) still pass
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_random_damage_that_passes_the_check_still_decodes(progressive):
+    """Random bytes anywhere in the file: a stream the check accepts always decodes (damage
+    inside the entropy-coded data gives wrong pixels, as it would in a full decode)."""
+    rng = np.random.default_rng(7)
+    base = gray_jpeg(progressive=progressive, h=96, w=128)
+    accepted = 0
+    for _ in range(600):
+        x = bytearray(base)
+        for i in rng.integers(2, len(x), rng.integers(1, 20)):
+            x[i] = rng.integers(0, 256)
+        s = strip_jpeg(bytes(x))
+        if s is not None and plain_gray(s, 128, 96):
+            accepted += 1
+            Image.open(io.BytesIO(s.data)).load()
+    assert accepted > 100
+
+
+def test_a_model_embedder_gets_every_image_decoded_first(tmp_path, decodes):
+    """A timm embedder decodes the stored images after processing: they are decoded while
+    processed too, so one libjpeg cannot read is a rejection, not a failed embedding."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    ckpt = tmp_path / "m.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), ckpt)
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.jpg").write_bytes(gray_jpeg(i))
+    near = {"embedder": "timm:test_efficientnet", "checkpoint": str(ckpt), "device": "cpu"}
+    cfg = load_config(
+        None,
+        data={
+            "sources": [{"name": "s", "kind": "folder", "root": str(root), "modality": "infrared"}],
+            "dedup": {"near": near},
+        },
+    )
+    build(cfg, tmp_path / "out", workers=1)
+    assert len(decodes) == 3
+
+
 def test_structure_summary_of_a_real_stream():
     s = strip_jpeg(gray_jpeg(h=40, w=56))
     assert s is not None and len(s.scan_bytes) == 1 and s.scan_bytes[0] > 0
