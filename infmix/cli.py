@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from infmix import __version__
 from infmix.errors import InfmixError
@@ -29,7 +30,7 @@ console = Console(stderr=True)
 def _fail(e: Exception) -> None:
     if os.environ.get("INFMIX_DEBUG") == "1":
         raise e
-    console.print(f"[bold red]error:[/] {e}", highlight=False)
+    console.print("[bold red]error:[/]", escape(str(e)), highlight=False)
     raise typer.Exit(1)
 
 

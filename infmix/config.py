@@ -326,6 +326,32 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def read_yaml(path: Path | str) -> dict:
+    """A YAML mapping from `path`; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a mapping at the top level")
+    return data
+
+
+def validate(model: type[BaseModel], data: dict, overrides: list[str] | None = None):
+    """`data` with `key=value` overrides applied, as `model`; errors name the key."""
+    for key, value in parse_overrides(overrides or []):
+        _set_override(data, key, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, data)) from None
+
+
 def load_config(
     path: Path | str | None,
     overrides: list[str] | None = None,
@@ -335,23 +361,10 @@ def load_config(
 ) -> BuildConfig:
     """Load YAML (or `data`), apply overrides, validate, and check that source roots exist."""
     if data is None:
-        path = Path(path)  # type: ignore[arg-type]
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        except (UnicodeDecodeError, OSError) as e:
-            raise ConfigError(f"{path}: cannot read: {e}") from None
+        data = read_yaml(path)  # type: ignore[arg-type]
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping at the top level")
-    for key, value in parse_overrides(overrides or []):
-        _set_override(data, key, value)
-    try:
-        cfg = BuildConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_explain(e, data)) from None
+    cfg = validate(BuildConfig, data, overrides)
     _check_sources(cfg, check_roots)
     return cfg
 

@@ -129,10 +129,11 @@ def process_limits(out: Path) -> tuple[int, int]:
     except yaml.YAMLError as e:
         raise InfmixError(f"{path}: unreadable: {e}") from None
     process = saved.get("process") or {}
-    return (
-        int(process.get("max_pixels", default.max_pixels)),
-        int(process.get("max_file_bytes", default.max_file_bytes)),
-    )
+    max_pixels = int(process.get("max_pixels", default.max_pixels))
+    # a stored image may be larger than its input (a JPEG re-encoded as PNG), but never more
+    # than its pixels plus framing: one byte a pixel
+    stored = max(int(process.get("max_file_bytes", default.max_file_bytes)), max_pixels + 2**20)
+    return max_pixels, stored
 
 
 def read_images(
@@ -170,7 +171,7 @@ def _decode_member(
 ) -> Image.Image:
     where, (max_pixels, max_bytes) = f"{path.name}: {member.name}", limits
     if not member.isfile() or member.size > max_bytes:
-        raise InfmixError(f"{where}: not a file, or over max_file_bytes={max_bytes}")
+        raise InfmixError(f"{where}: not a file, or over {max_bytes} bytes")
     try:
         return decode(tar.extractfile(member).read(), max_pixels).image.convert("L")
     except Rejected as e:

@@ -242,3 +242,14 @@ def test_a_build_that_kept_nothing(built, tmp_path):
     assert Image.open(out / "samples.png").height == insp.TOP + len(s["sources"]) * insp.ROW_H
     r = invoke(str(out))
     assert r.exit_code == 0 and "0 of 0 images" in r.stdout
+
+
+def test_stored_images_larger_than_their_inputs_are_inspected(demo_root, tmp_path):
+    """PNG re-encodes of JPEG inputs can exceed the build's input cap (max_file_bytes)."""
+    data = demo_config_dict(demo_root, format="png", max_file_bytes=9000)
+    out = tmp_path / "png"
+    build(load_config(None, data=data), out, workers=1)
+    sizes = [len(b) for _, b in read_tars(out).values()]
+    assert max(sizes) > 9000  # the case in point
+    summary = insp.inspect(out, per_source=2, sample=10)
+    assert summary["samples"] == len(sizes)

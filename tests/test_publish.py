@@ -230,6 +230,9 @@ class FakeHub:
     def create_commit(self, repo_id, operations, **kw):
         self._enter("create_commit", repo_id=repo_id, paths=[o.path_in_repo for o in operations])
         for op in operations:
+            if type(op).__name__ == "CommitOperationDelete":
+                self.files.pop(op.path_in_repo)
+                continue
             src = op.path_or_fileobj
             data = Path(src).read_bytes() if isinstance(src, str) else bytes(src)
             self.files[op.path_in_repo] = data
@@ -258,7 +261,14 @@ def test_upload_sends_exactly_the_dry_run_files(corpus, dry):
     )
     commits = [kw["paths"] for name, kw in hub.calls if name == "create_commit"]
     assert set(commits[-1]) == {"README.md", "_info.json", "stats.json"}  # the card comes last
-    assert result == {"files": 5, "sent": 5, "skipped": 0, "commits": 2, "retries": 0}
+    assert result == {
+        "files": 5,
+        "sent": 5,
+        "skipped": 0,
+        "deleted": 0,
+        "commits": 2,
+        "retries": 0,
+    }
     assert sleeps == []
 
 
@@ -412,3 +422,84 @@ def test_real_hfapi_errors_are_classified(corpus, local_hub, status):
         assert "gave up after 6 tries" in str(e.value)
     else:
         assert "create repository" in str(e.value)
+
+
+# ---------------------------------------------------------------- review findings
+
+
+def test_republishing_a_smaller_build_deletes_the_old_shards(corpus, tmp_path, monkeypatch):
+    hub = FakeHub()
+    monkeypatch.setattr(layout_mod, "FILES_PER_FOLDER", 1)  # other paths than the default
+    run_upload(corpus, hub)
+    old = {p for p in hub.files if p.startswith("shards/")}
+    monkeypatch.setattr(layout_mod, "FILES_PER_FOLDER", 10_000)
+    result, _ = run_upload(corpus, hub)
+    assert result["deleted"] == len(old) - 1  # shards/0000/infmix-000000.tar is still there
+    info = json.loads(hub.files["_info.json"])
+    assert sorted(p for p in hub.files if p.endswith(".tar")) == sorted(
+        info["splits"]["train"]["filenames"]
+    )
+
+
+def test_published_stats_name_no_local_path(corpus, dry):
+    stats = json.loads((dry / "stats.json").read_text())
+    assert not {"out", "warnings", "skipped_sources"} & set(stats)
+    assert "/" not in json.dumps({k: v for k, v in stats.items() if k != "sources"})
+
+
+def test_an_empty_build_is_not_published(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "junk.jpg").write_bytes(b"not an image")
+    cfg = load_config(
+        None,
+        data={"sources": [{"name": "s", "kind": "folder", "root": str(root), "modality": "rgb"}]},
+    )
+    with pytest.raises(InfmixError, match="no image was kept"):
+        build(cfg, tmp_path / "out", workers=1)
+    with pytest.raises(InfmixError, match="nothing to publish"):
+        publish(tmp_path / "out", "me/x", dry_run=tmp_path / "d")
+
+
+def test_invalid_repo_id_is_a_clear_error(corpus, tmp_path):
+    result = CliRunner().invoke(
+        app, ["publish", str(corpus), "--repo-id", "me/my corpus", "--dry-run", str(tmp_path)]
+    )
+    assert result.exit_code == 1 and "--repo-id must be OWNER/NAME" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_citation_with_backticks_stays_in_its_block(corpus):
+    import yaml
+
+    from infmix.publish.card import render
+
+    cfg = yaml.safe_load((corpus / "config.yaml").read_text())
+    cfg["sources"][0]["citation"] = "see ```code```\n# not a heading"
+    cfg["name"] = "two\nlines"
+    text, _ = render(cfg, json.loads((corpus / "stats.json").read_text()), 5, 1, "a/b")
+    assert "````\nsee ```code```\n# not a heading\n````" in text
+    assert "# two lines\n" in text
+
+
+def test_server_text_is_printed_as_it_is(corpus):
+    hub = FakeHub()
+    hub.fail["create_repo"] = [http_error(500, "closing [/body] and [apache-2.0, mit]")]
+    out = io.StringIO()
+    run_upload(corpus, hub, console_file=out)
+    assert "closing [/body] and [apache-2.0, mit]" in out.getvalue()
+
+
+def test_a_long_retry_after_stops_instead_of_sleeping(corpus):
+    hub = FakeHub()
+    hub.fail["create_commit"] = [http_error(429, "quota", {"Retry-After": "86400"})]
+    with pytest.raises(PublishError, match="asks to wait 86400 s"):
+        run_upload(corpus, hub)
+
+
+def test_dry_run_shards_are_read_only(dry):
+    import os
+
+    shard = next(dry.rglob("*.tar"))
+    assert not os.access(shard, os.W_OK) or os.geteuid() == 0
+    assert shard.stat().st_mode & 0o222 == 0

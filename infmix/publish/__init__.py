@@ -18,9 +18,15 @@ __all__ = ["PublishError", "publish"]
 
 
 def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import validate_repo_id
+
     owner, _, name = repo_id.partition("/")
-    if not owner or not name or "/" in name:
-        raise PublishError(f"--repo-id must be OWNER/NAME, got {repo_id!r}")
+    try:
+        if not owner or not name or "/" in name:
+            raise ValueError("not OWNER/NAME")
+        validate_repo_id(repo_id)
+    except ValueError as e:  # HFValidationError is one
+        raise PublishError(f"--repo-id must be OWNER/NAME, got {repo_id!r} ({e})") from None
 
 
 def publish(

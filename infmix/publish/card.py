@@ -8,6 +8,7 @@ Sources without a licence are named in a warning at the top of the card.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -50,6 +51,12 @@ def corpus_license(sources: list[SourceInfo]) -> str:
     return found.pop() if len(found) == 1 and None not in found else "other"
 
 
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so nothing can close it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
 def _cell(text: str | None) -> str:
     return (text or "").replace("|", "\\|").replace("\n", " ").strip()
 
@@ -72,7 +79,8 @@ def render(
             {"config_name": "default", "data_files": [{"split": "train", "path": SHARD_GLOB}]}
         ],
     }
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", ""]
+    heading = " ".join(str(name).split())
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {heading}", ""]
     if unlicensed:
         lines += [
             f"> **Warning: no licence is recorded for {len(unlicensed)} source(s): "
@@ -114,7 +122,8 @@ def render(
     if cited:
         lines += ["", "## Citations", ""]
         for s in cited:
-            lines += [f"**{s.name}**", "", "```", s.citation.strip(), "```", ""]
+            fence = _fence(s.citation)
+            lines += [f"**{s.name}**", "", fence, s.citation.strip(), fence, ""]
     missing = [s.name for s in sources if not s.citation]
     if missing:
         lines += ["", f"No citation recorded for: {', '.join(missing)}."]

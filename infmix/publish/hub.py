@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 
 from infmix.errors import InfmixError
-from infmix.publish.layout import Entry, Layout
+from infmix.publish.layout import SHARDS, Entry, Layout
 
 FATAL = {
     401: "the token was refused: set HF_TOKEN to a valid token, or log in with `hf auth login`",
@@ -77,6 +78,7 @@ class Caller:
     tries: int = 6
     base_delay: float = 2.0
     max_delay: float = 60.0
+    max_wait: float = 300.0  # a longer Retry-After stops the upload instead of sleeping
     retries: list[tuple[str, int | None]] = field(default_factory=list)
 
     def scrub(self, text: str) -> str:
@@ -99,13 +101,17 @@ class Caller:
                     message = f"{what}: gave up after {self.tries} tries: {_describe(e)}"
                     raise PublishError(self.scrub(message), status) from None
                 delay = _retry_after(e)
+                if delay is not None and delay > self.max_wait:
+                    message = (
+                        f"{what}: the Hub asks to wait {delay:.0f} s ({_describe(e)}); run the "
+                        "same command later: files already sent are skipped"
+                    )
+                    raise PublishError(self.scrub(message), status) from None
                 if delay is None:
                     delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
                 self.retries.append((what, status))
-                self.console.print(
-                    self.scrub(f"[yellow]retry[/] {what} in {delay:.0f} s ({_describe(e)})"),
-                    highlight=False,
-                )
+                note = self.scrub(f"{what} in {delay:.0f} s ({_describe(e)})")
+                self.console.print("[yellow]retry[/]", escape(note), highlight=False)
                 (self.sleep or time.sleep)(delay)
         raise AssertionError("unreachable")
 
@@ -170,8 +176,6 @@ def upload(
     bytes_per_commit: int = 20 * 2**30,
 ) -> dict:
     """Send what the Hub does not have yet; returns counts of what was sent and skipped."""
-    from huggingface_hub import CommitOperationAdd
-
     kind = {"repo_type": "dataset"}
     call(
         "create repository",
@@ -194,28 +198,30 @@ def upload(
     remote = {f.path: f for f in tree if hasattr(f, "size")}
     todo_shards = [e for e in lay.shards if not on_hub(e, remote.get(e.path))]
     todo_meta = [e for e in lay.metadata if not on_hub(e, remote.get(e.path))]
-    groups = batches(todo_shards, files_per_commit, bytes_per_commit)
-    if todo_meta:
-        groups.append(todo_meta)
+    ours = {e.path for e in lay.entries}
+    # shards of an earlier publish that this build does not have: removed with the card, so
+    # the repository never lists more shards than its _info.json
+    stale = sorted(p for p in remote if p.startswith(SHARDS) and p not in ours)
+    groups: list[list] = batches(todo_shards, files_per_commit, bytes_per_commit)
+    if todo_meta or stale:
+        groups.append([*todo_meta, *stale])
     skipped = len(lay.entries) - len(todo_shards) - len(todo_meta)
     call.console.print(
         f"{repo_id}: {len(lay.entries)} files, {skipped} already on the Hub, "
-        f"{len(todo_shards) + len(todo_meta)} to send in {len(groups)} commit(s)",
+        f"{len(todo_shards) + len(todo_meta)} to send, {len(stale)} old shards to delete, "
+        f"in {len(groups)} commit(s)",
         highlight=False,
     )
     for k, group in enumerate(groups, 1):
         message = f"infmix publish: part {k}/{len(groups)} ({len(group)} files)"
 
         def commit(group=group, message=message):
-            ops = [  # new operations each try: they carry upload state
-                CommitOperationAdd(
-                    path_in_repo=e.path,
-                    path_or_fileobj=str(e.local) if e.local is not None else e.data,
-                )
-                for e in group
-            ]
             return api.create_commit(
-                repo_id, operations=ops, commit_message=message, revision=revision, **kind
+                repo_id,
+                operations=_operations(group),
+                commit_message=message,
+                revision=revision,
+                **kind,
             )
 
         call(f"commit {k}/{len(groups)}", commit)
@@ -224,6 +230,23 @@ def upload(
         "files": len(lay.entries),
         "sent": len(todo_shards) + len(todo_meta),
         "skipped": skipped,
+        "deleted": len(stale),
         "commits": len(groups),
         "retries": len(call.retries),
     }
+
+
+def _operations(group: list) -> list:
+    """Fresh commit operations for a group of entries and stale paths (each try needs new
+    ones: they carry upload state)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    return [
+        CommitOperationDelete(path_in_repo=e)
+        if isinstance(e, str)
+        else CommitOperationAdd(
+            path_in_repo=e.path,
+            path_or_fileobj=str(e.local) if e.local is not None else e.data,
+        )
+        for e in group
+    ]

@@ -27,7 +27,8 @@ from infmix.outdir import LOCK
 from infmix.publish.card import render
 
 FILES_PER_FOLDER = 10_000
-_PRIVATE_STATS = ("out", "warnings")  # local paths of the machine that built it
+SHARDS = "shards/"
+_PRIVATE_STATS = ("out", "warnings", "skipped_sources")  # they name local paths
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Layout:
 
 
 def shard_path(index: int, name: str) -> str:
-    return f"shards/{index // FILES_PER_FOLDER:04d}/{name}"
+    return f"{SHARDS}{index // FILES_PER_FOLDER:04d}/{name}"
 
 
 def _json(obj) -> bytes:
@@ -103,6 +104,8 @@ def plan(out: Path, repo_id: str) -> Layout:
     }
     public_stats = {k: v for k, v in stats.items() if k not in _PRIVATE_STATS}
     n = split["num_samples"]
+    if not n or not shards:
+        raise InfmixError(f"{out} kept no image: there is nothing to publish")
     card, unlicensed = render(config, stats, n, len(shards), repo_id)
     metadata = [
         Entry("_info.json", data=_json(published)),
@@ -128,6 +131,8 @@ def write_folder(entries: list[Entry], dest: Path) -> None:
                 continue
             try:
                 os.link(e.local, target)
+                # one inode for both: read-only, so editing the preview cannot change the build
+                os.chmod(target, 0o444)
             except OSError:
                 shutil.copyfile(e.local, target)
         if dest.exists():
