@@ -62,3 +62,27 @@ def test_dedup_benchmark_prints_scale_and_recall():
     assert run["pairs"] >= 0.98 * run["planted_pairs"] * 0.99
     assert run["ivf_recall_vs_exact"] >= 0.98
     assert result["embedder"]["images_per_s_per_core"] > 0
+
+
+def _run_json(*args: str) -> dict:
+    p = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_loader_benchmark_prints_both_rates_and_the_ratio():
+    r = _run_json("benchmarks/loader.py", "--n", "40", "--batch-size", "8", "--repeat", "1")
+    ours, base = r["unip_img_s_per_core"], r["baseline_img_s_per_core"]
+    assert ours > 0 and base > 0
+    assert r["ratio_unip_over_baseline"] == pytest.approx(ours / base, rel=0.01)
+
+
+@pytest.mark.slow
+def test_distill_step_benchmark_prints_both_rates_and_the_ratio():
+    r = _run_json("benchmarks/distill_step.py", "--steps", "1", "--cpu-only")
+    cpu = r["cpu"]
+    assert cpu["ours_img_s"] > 0 and cpu["baseline_img_s"] > 0
+    assert cpu["ratio"] == pytest.approx(cpu["ours_img_s"] / cpu["baseline_img_s"], rel=0.01)

@@ -1,6 +1,7 @@
-"""The `unip` command line. Training and analysis commands arrive with their recipes; `info`
-reports what this install can use (torch, CUDA, timm, webdataset) without importing torch at
-start-up, so `unip --help` stays fast.
+"""The `unip` command line: `analyze` (attention patterns, layer choice), `train`
+(NMI-HAD distillation), `export` (student weights for timm), `info` (the environment).
+
+Expected failures print one `error: ...` line and exit 1.
 """
 
 from __future__ import annotations
@@ -58,6 +59,108 @@ def info(
             "shards": len(split["filenames"]),
         }
     typer.echo(json.dumps(env, indent=2))
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Distillation recipe (pipelines/distill/).")],
+    data: Annotated[Path, typer.Option("--data", help="An infmix build folder, or images.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (created, or resumed).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.epochs=10")
+    ] = None,
+) -> None:
+    """Distill a teacher's hybrid-layer attention into a student (resumes from --out)."""
+    from unip.config import load_train_config
+    from unip.errors import UnipError
+    from unip.train import train as run_train
+
+    try:
+        cfg = load_train_config(config, overrides or [])
+        metrics = run_train(cfg, data, out)
+    except UnipError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if metrics:
+        typer.echo(json.dumps(metrics))
+
+
+@app.command()
+def analyze(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="timm name, NAME:pretrained, a checkpoint file, or NAME=CHECKPOINT.",
+        ),
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", help="An infmix build folder, or a folder of images.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for attention.json/.csv/.png.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Pattern thresholds as key=value, e.g. global_nmi=0.03"),
+    ] = None,
+    images: Annotated[int, typer.Option("--images", help="Use the first N images.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward.")] = 16,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Input side (default: the model's).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    layer: Annotated[
+        int | None, typer.Option("--layer", help="Distil this layer instead of the rule's.")
+    ] = None,
+) -> None:
+    """Measure attention NMI and distance per layer and recommend the layer to distil."""
+    import os
+
+    from rich.console import Console
+
+    from unip.analyze import print_report, run
+    from unip.errors import UnipError
+
+    try:
+        report = run(model, data, out, images, batch_size, image_size, device, layer, overrides)
+    except UnipError as e:
+        if os.environ.get("UNIP_DEBUG") == "1":
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    print_report(report, Console())
+
+
+@app.command()
+def export(
+    ckpt: Annotated[
+        Path, typer.Argument(help="A `unip train` checkpoint or an official UNIP .pth file.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.safetensors + config.json.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Student name, if the checkpoint lacks it.")
+    ] = None,
+    last_heads: Annotated[
+        int | None, typer.Option("--last-heads", help="Last-block heads, if not recorded.")
+    ] = None,
+) -> None:
+    """Export student weights as safetensors with a timm config (pretrained_cfg_overlay)."""
+    from unip.errors import UnipError
+    from unip.export import export as run_export
+
+    try:
+        config = run_export(ckpt, out, name=name, last_heads=last_heads)
+    except UnipError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "architecture": config["architecture"],
+                "model_args": config["model_args"],
+            }
+        )
+    )
 
 
 @app.command()

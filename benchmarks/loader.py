@@ -1,0 +1,141 @@
+"""Images/s per core of `unip.data.make_loader` against the original InfMix loader, same images.
+
+Inputs: `--n` generated 640x512 grayscale thermal JPEGs. Ours reads them as an infmix build
+(workers=1, near-duplicate removal off; the grayscale JPEGs pass through byte for byte) and
+yields uint8 (B, 1, 224, 224). The baseline re-creates the original loader on the JPEG folder:
+ImageFolder-style Pillow loading `.convert("RGB")`, then RGB -> L -> RGB, torchvision
+RandomResizedCrop(224, scale 0.2-1, bicubic), RandomHorizontalFlip, ToTensor, Normalize. Both
+run in-process (workers=0, one torch thread): one core each. Each round times the batches
+after the first (so start-up is not counted on either side); best of `--repeat` interleaved
+rounds. Also reports Pillow's bare decode rate of the same files: the floor both share.
+
+    python benchmarks/loader.py [--n 300] [--batch-size 32] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from infmix.build import build
+from infmix.config import load_config
+from infmix.demo import thermal_frame
+from unip.data import MEAN, STD, make_loader
+
+TARGET = 4.0
+
+
+def make_inputs(root: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = root / "ir" / "frames" / f"{i:05d}.jpg"  # ImageFolder: one class folder
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((thermal_frame(rng, 512, 640) * 255).astype(np.uint8)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def build_shards(root: Path, out: Path, n: int) -> Path:
+    data = {
+        "data_root": str(root),
+        "sources": [{"name": "ir", "kind": "folder", "root": "ir", "modality": "infrared"}],
+        "dedup": {"near": {"enabled": False}},
+    }
+    stats = build(load_config(None, data=data), out, workers=1, overwrite=True)
+    assert stats["total"]["kept"] == n, stats["total"]
+    return out
+
+
+def rgb_l_rgb(path: str) -> Image.Image:
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB").convert("L").convert("RGB")
+
+
+def baseline_loader(root: Path, batch_size: int) -> DataLoader:
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(
+                224, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize([MEAN] * 3, [STD] * 3),
+        ]
+    )
+    ds = datasets.ImageFolder(str(root / "ir"), transform=tf, loader=rgb_l_rgb)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)
+
+
+def steady_rate(loader) -> float:
+    """Images/s over every batch after the first."""
+    it = iter(loader)
+    next(it)
+    images, t0 = 0, time.perf_counter()
+    for batch in it:
+        images += len(batch[0] if isinstance(batch, list) else batch)
+    return images / (time.perf_counter() - t0)
+
+
+def decode_rate(paths: list[Path]) -> float:
+    blobs = [p.read_bytes() for p in paths]
+    t0 = time.perf_counter()
+    for b in blobs:
+        Image.open(io.BytesIO(b)).load()
+    return len(blobs) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=300, help="images (640x512 grayscale JPEGs)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    if args.n < 2 * args.batch_size:
+        ap.error("--n must be at least 2 x --batch-size (one warm-up batch, one timed)")
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="unip-loader-bench-"))
+    try:
+        paths = make_inputs(root, args.n)
+        corpus = build_shards(root, root / "corpus", args.n)
+        ours = make_loader(corpus, args.batch_size, 0, epoch_length=args.n)
+        base = baseline_loader(root, args.batch_size)
+        best = {"ours": 0.0, "base": 0.0, "decode": 0.0}
+        for _ in range(args.repeat):  # interleaved: drift in machine speed hits both alike
+            best["base"] = max(best["base"], steady_rate(base))
+            best["ours"] = max(best["ours"], steady_rate(ours))
+            best["decode"] = max(best["decode"], decode_rate(paths))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = best["ours"] / best["base"]
+    result = {
+        "images": args.n,
+        "batch_size": args.batch_size,
+        "image_size": 224,
+        "cores": 1,
+        "machine_cpus": os.cpu_count(),
+        "baseline_img_s_per_core": round(best["base"], 1),
+        "unip_img_s_per_core": round(best["ours"], 1),
+        "ratio_unip_over_baseline": round(ratio, 3),
+        "decode_only_img_s": round(best["decode"], 1),
+        "ratio_decode_only_over_baseline": round(best["decode"] / best["base"], 3),
+        "target_ratio": TARGET,
+        "target_met": ratio >= TARGET,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Training checkpoints: atomic, rotated, and enough state for an exact resume.
+
+`out/checkpoints/step-00001000.pt` holds the student, optimizer, scheduler, step, the RNG
+states and the resolved config. Each is written to a temporary name and renamed, so a crash
+never leaves a truncated checkpoint under a final name; only the last `keep` are kept.
+Everything loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def folder(out: Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    state["python_gauss"] = random.getstate()[2]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(out: Path, step: int, payload: dict, keep: int) -> Path:
+    path = folder(out) / f"step-{step:08d}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in saved(out)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def saved(out: Path) -> list[Path]:
+    """Committed checkpoints, oldest first."""
+    d = folder(out)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if _NAME.match(p.name))
+
+
+def latest(out: Path) -> Path | None:
+    found = saved(out)
+    return found[-1] if found else None
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
