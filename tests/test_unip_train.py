@@ -221,3 +221,12 @@ def test_readme_demo_command_runs(tmp_path):
     assert 1 <= report["recommended_layer"] <= 12
     assert checkpoint.latest(tmp_path / "demo-train") is not None
     assert metrics(tmp_path / "demo-train")[-1]["step"] == 9
+
+
+def test_bad_data_fails_before_the_run_folder_is_made(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny()))
+    args = ["train", str(cfg), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "neither an infmix build" in r.output
+    assert not (tmp_path / "o").exists()

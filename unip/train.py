@@ -155,8 +155,8 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
     out = Path(out)
     d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg, d)
+    plan = Plan.of(cfg, corpus_size(data), d.world)  # bad --data fails before --out is made
     resume = prepare_out(cfg, out, d)
-    plan = Plan.of(cfg, corpus_size(data), d.world)
     teacher, student = build_models(cfg, cfg.data.image_size, device)
     freeze_unused(student, cfg.data.image_size, device)
     optimizer = adamw(student, plan.lr, cfg.optim.weight_decay, cfg.optim.betas, device)
