@@ -211,3 +211,19 @@ def test_unusable_inputs_raise(tmp_path, corpus):
         make_loader(corpus, 64, 0)
     with pytest.raises(UnipError, match="rank 2"):
         make_loader(corpus, 4, 0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact_even_when_samples_fail(demo_root, workers):
+    """demo_root plants undecodable files: a failed sample is replaced inside its batch, so
+    batch j still starts at item j x batch_size and every skip lands where it should."""
+    kw = dict(image_size=16, epoch_length=96, with_keys=True)
+    loader = make_loader(demo_root, 8, workers, **kw)
+    images, keys = epoch(loader)
+    assert loader.skipped > 0 and len(images) == 12
+    for skip in (1, 5, 11):
+        again = make_loader(demo_root, 8, workers, **kw)
+        again.set_epoch(0, skip=skip)
+        rest, rest_keys = epoch(again)
+        assert rest_keys == keys[8 * skip :]
+        assert all(torch.equal(a, b) for a, b in zip(rest, images[skip:], strict=True))

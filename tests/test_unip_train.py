@@ -230,3 +230,50 @@ def test_bad_data_fails_before_the_run_folder_is_made(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "neither an infmix build" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_default_last_heads_is_the_teachers_in_checkpoints_and_exports(corpus, tmp_path):
+    """A ViT-S student (6 heads) of a ViT-Ti teacher (3 heads) with last_heads left out."""
+    import timm
+
+    from unip.export import export
+    from unip.models import load_vit
+
+    data = tiny(max_steps=1, **{"student.model": "unip_vit_small_patch16"})
+    del data["student"]["last_heads"]
+    train(load_train_config(None, data=data), corpus, tmp_path / "run")
+    ckpt = checkpoint.latest(tmp_path / "run")
+    assert torch.load(ckpt, weights_only=True)["config"]["student"]["last_heads"] == 3
+    assert load_vit(None, ckpt).blocks[-1].attn.num_heads == 3
+    written = export(ckpt, tmp_path / "export")
+    model = timm.create_model(
+        written["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "export" / "model.safetensors")),
+        **written["model_args"],
+    )
+    assert model(torch.zeros(1, 3, 32, 32)).shape[1] == 3
+
+
+def test_resume_survives_a_torn_log_line_and_a_half_written_checkpoint(corpus, tmp_path):
+    data = tiny(max_steps=2, checkpoint_every=1)
+    train(load_train_config(None, data=data), corpus, tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # killed while appending
+    tmp = tmp_path / "run" / "checkpoints" / ".step-00000003.pt.999.tmp"
+    tmp.write_bytes(b"half")
+    data["max_steps"] = 4
+    train(load_train_config(None, data=data), corpus, tmp_path / "run")
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert not tmp.exists()
+
+
+@pytest.mark.parametrize("change", ["workers", "corpus"])
+def test_resume_that_would_change_the_stream_is_refused(corpus, demo_root, tmp_path, change):
+    train(load_train_config(None, data=tiny(max_steps=2)), corpus, tmp_path / "run")
+    if change == "workers":
+        cfg, data, match = tiny(max_steps=3, **{"data.workers": 1}), corpus, r"data\.workers"
+    else:  # another corpus: 8 images instead of the build's 60
+        cfg, data, match = tiny(max_steps=3), demo_root / "coco", "samples an epoch"
+    with pytest.raises(UnipError, match=match):
+        train(load_train_config(None, data=cfg), data, tmp_path / "run")

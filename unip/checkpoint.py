@@ -47,11 +47,24 @@ def save(out: Path, step: int, payload: dict, keep: int) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power loss
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
     for old in saved(out)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def remove_temporaries(out: Path) -> None:
+    """Half-written checkpoints of a killed run (never final, always safe to delete)."""
+    d = folder(out)
+    if d.is_dir():
+        for p in d.glob(".step-*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def saved(out: Path) -> list[Path]:

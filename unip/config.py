@@ -89,7 +89,8 @@ class TrainConfig(_Strict):
 
 
 # keys a resumed run may change: how long and how verbosely it runs, not what it computes
-RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_last", "log_every", "data.workers"}
+# (not data.workers: each worker reads its own share of the shards)
+RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_last", "log_every"}
 
 
 def load_train_config(

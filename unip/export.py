@@ -56,7 +56,12 @@ def describe_student(obj: dict, state: dict[str, torch.Tensor]) -> dict[str, Any
     (`model`, `last_heads`, `input_size`), else the state dict's width and position grid."""
     cfg = obj.get("config")
     if isinstance(cfg, dict) and isinstance(cfg.get("student"), dict):
-        found = dict(cfg["student"])
+        student = cfg["student"]
+        found = {
+            "name": student.get("model") or student.get("name"),  # `unip train` writes `model`
+            "last_heads": student.get("last_heads"),
+            "img_size": student.get("img_size") or (cfg.get("data") or {}).get("image_size"),
+        }
     else:
         args = obj.get("args")
         found = vars(args) if hasattr(args, "__dict__") else dict(args or {})

@@ -116,6 +116,7 @@ def prepare_out(cfg: TrainConfig, out: Path, d: Dist) -> Path | None:
                 "use another --out to start a new run"
             )
     if d.main:
+        checkpoint.remove_temporaries(out)
         out.mkdir(parents=True, exist_ok=True)
         tmp = saved.with_name(".config.yaml.tmp")
         tmp.write_text(dump(cfg))
@@ -155,10 +156,13 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
     out = Path(out)
     d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg, d)
-    plan = Plan.of(cfg, corpus_size(data), d.world)  # bad --data fails before --out is made
+    plan_samples = corpus_size(data)  # a bad --data fails before --out is made
+    plan = Plan.of(cfg, plan_samples, d.world)
     resume = prepare_out(cfg, out, d)
     teacher, student = build_models(cfg, cfg.data.image_size, device)
     freeze_unused(student, cfg.data.image_size, device)
+    resolved_config = cfg.model_dump(mode="json")
+    resolved_config["student"]["last_heads"] = student.last_heads
     optimizer = adamw(student, plan.lr, cfg.optim.weight_decay, cfg.optim.betas, device)
     sched = scheduler(optimizer, plan.warmup_steps, plan.total_steps, cfg.optim.min_lr / plan.lr)
     step = 0
@@ -169,6 +173,11 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         checkpoint.set_rng_state(state["rng"])
+        if state.get("num_samples", plan_samples) != plan_samples:
+            raise UnipError(
+                f"{resume} was trained on {state['num_samples']} samples an epoch, --data "
+                f"{data} holds {plan_samples}: resume with the same corpus, or use another --out"
+            )
     else:
         random.seed(cfg.seed)
     model = DistributedDataParallel(student) if d.world > 1 else student
@@ -254,7 +263,10 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
                 "scheduler": sched.state_dict(),
                 "step": step,
                 "rng": checkpoint.rng_state(),
-                "config": cfg.model_dump(mode="json"),
+                "num_samples": plan_samples,
+                # last_heads resolved (the teacher's when the recipe leaves it out), so export
+                # and load_vit rebuild the very architecture that was trained
+                "config": resolved_config,
             }
             checkpoint.save(out, step, payload, cfg.keep_last)
         if d.world > 1 and step % cfg.checkpoint_every == 0:

@@ -65,20 +65,29 @@ class BatchStream(IterableDataset):
         return self._assemble(items, len(mine) - done)
 
     def _assemble(self, items: Iterator, count: int) -> Iterator:
+        """Every batch takes exactly `batch_size` items of the stream, so batch j always starts
+        at item j x batch_size (what a mid-epoch resume skips to). An item that does not
+        decode is replaced by another image of its batch (zeros if none decodes)."""
         b, s = self.batch_size, self.size
         in_a_row = 0
         for _ in range(count):
-            out, keys = np.empty((b, 1, s, s), np.uint8), []
-            while len(keys) < b:
+            out, keys, bad = np.zeros((b, 1, s, s), np.uint8), [], []
+            for slot in range(b):
                 key, data, tag = next(items)
+                keys.append(key)
                 try:
                     img, flip = random_crop(data, s, random.Random(tag), self.scale, MAX_PIXELS)
                 except Exception as exn:  # bad input is expected input: count, go on
                     in_a_row = self._failure(key, exn, in_a_row)
+                    bad.append(slot)
                     continue
                 in_a_row = 0
-                out[len(keys), 0] = img[:, ::-1] if flip else img
-                keys.append(key)
+                out[slot, 0] = img[:, ::-1] if flip else img
+            good = [i for i in range(b) if i not in set(bad)]
+            for n, slot in enumerate(bad):
+                if good:
+                    out[slot] = out[good[n % len(good)]]
+                    keys[slot] = keys[good[n % len(good)]]
             x = torch.from_numpy(out)
             yield (x, keys) if self.with_keys else x
 

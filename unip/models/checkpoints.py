@@ -135,7 +135,8 @@ def _checkpoint_meta(obj: Any) -> dict[str, Any]:
     config = obj.get("config")
     if isinstance(config, dict) and isinstance(config.get("student"), dict):
         student = config["student"]
-        return {"model": student.get("name"), "last_heads": student.get("last_heads")}
+        name = student.get("model") or student.get("name")  # `unip train` writes `model`
+        return {"model": name, "last_heads": student.get("last_heads")}
     args = obj.get("args")
     if isinstance(args, argparse.Namespace):
         return vars(args)
