@@ -196,14 +196,12 @@ def run_units(
         task = ray.remote(_run_task)  # units are idempotent: Ray may retry a crashed worker
         roots = [str(r) for r in roots if os.path.isdir(r)]  # what the driver sees
         env, pending = outdir.environment(), []
-        try:
-            for job in jobs:
-                if workers and len(pending) >= workers:
-                    pending = _next_result(ray, pending, on_done)
-                pending.append(task.remote(fn, job, max_pixels, token, roots, env))
-            while pending:
+        # On an error the tasks in flight are left to finish (each commits or drops its own
+        # unit atomically) rather than cancelled: cancelling a task as it completes trips an
+        # internal check in Ray 2.60 that aborts the driver process.
+        for job in jobs:
+            if workers and len(pending) >= workers:
                 pending = _next_result(ray, pending, on_done)
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref)
-            raise
+            pending.append(task.remote(fn, job, max_pixels, token, roots, env))
+        while pending:
+            pending = _next_result(ray, pending, on_done)
