@@ -37,11 +37,12 @@ from unip.analysis import (
     token_grid,
     uniform_distance,
 )
+from unip.data.streams import IMAGE_EXTS, list_images
 from unip.errors import UnipError
 from unip.models import load_vit, parse_spec
 
 MEAN, STD = 0.3801, 0.1871  # InfMix grayscale statistics (UNIP)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTS)
 COLORS = {"local": "tab:blue", "hybrid": "tab:green", "global": "tab:orange"}
 
 
@@ -90,8 +91,7 @@ def shard_files(path: Path) -> list[Path] | None:
 
 
 def image_files(path: Path) -> list[Path]:
-    files = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+    return sorted(list_images(path), key=lambda p: p.relative_to(path).as_posix())
 
 
 def to_gray(img: Image.Image) -> Image.Image:

@@ -280,11 +280,12 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
 
 def corpus_size(data: Path) -> int:
     """Images per epoch: `_info.json` of an infmix build, else the image files of a folder."""
+    from unip.data.streams import list_images
+
     info = Path(data) / "_info.json"
     if info.is_file():
         return int(json.loads(info.read_text())["splits"]["train"]["num_samples"])
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-    n = sum(1 for p in Path(data).rglob("*") if p.suffix.lower() in exts and p.is_file())
+    n = len(list_images(Path(data))) if Path(data).is_dir() else 0
     if n == 0:
         raise UnipError(f"--data {data}: neither an infmix build (_info.json) nor images")
     return n

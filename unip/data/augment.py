@@ -15,8 +15,11 @@ import random
 import numpy as np
 from PIL import Image
 
+from infmix.config import ProcessConfig
+
 RATIO = (3 / 4, 4 / 3)
-MAX_PIXELS = 100_000_000  # as infmix's process.max_pixels: larger headers are rejected undecoded
+# infmix's process.max_pixels: larger headers are rejected undecoded
+MAX_PIXELS = ProcessConfig.model_fields["max_pixels"].default
 
 
 def sample_box(
