@@ -2,8 +2,10 @@
 
 The crop box is drawn from the header's size before anything is decoded, so a JPEG can be
 decoded at the largest DCT reduction (1/2, 1/4, 1/8) that still leaves the crop at least
-`size` pixels on each side: libjpeg then skips most of the inverse DCT. One channel, integer
-resampling in Pillow, no float image on the CPU.
+`size` pixels on each side: libjpeg then skips most of the inverse DCT. One channel, uint8
+throughout: a full-size decode is resized by torch's uint8 bicubic kernel (antialiased, as
+torchvision resizes tensors; 1.6x Pillow's speed), a reduced one by Pillow, whose box may
+fall between pixels. No float image on the CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import random
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from infmix.config import ProcessConfig
@@ -79,6 +83,18 @@ def random_crop(
             s = width / drafted[1][2]
     if im.mode != "L":
         im = im.convert("L")
+    if s == 1:
+        return resize_crop(np.asarray(im), (left, top, w, h), size), flip
     box = (left / s, top / s, (left + w) / s, (top + h) / s)
     out = im.resize((size, size), Image.Resampling.BICUBIC, box=box)
     return np.asarray(out), flip
+
+
+def resize_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The (left, top, w, h) crop of a uint8 (H, W) array, bicubic-resized (antialiased) to
+    size x size, in uint8."""
+    left, top, w, h = box
+    # a copy: Pillow's arrays are read-only, and the kernel runs fastest on contiguous rows
+    crop = torch.from_numpy(np.array(image[top : top + h, left : left + w]))[None, None]
+    out = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True)
+    return out[0, 0].numpy()

@@ -1,10 +1,11 @@
 """Which encoded images one DataLoader worker of one rank reads in one epoch.
 
 Shards: every consumer (rank x worker) reads its own stride of one endless, seeded sequence
-of shard permutations, through webdataset's tar reader and shuffle buffer. This is sampling
-with replacement like `wds.ResampledShards`, but within each pass over the shards the
-consumers read disjoint shards, and every shard is read once per pass. Folders: a seeded
-permutation of the sorted file list per epoch, each position assigned to one rank and batch.
+of shard permutations, through a lean tar reader (`unip.data.tar`) and webdataset's shuffle
+buffer. This is sampling with replacement like `wds.ResampledShards`, but within each pass
+over the shards the consumers read disjoint shards, and every shard is read once per pass.
+Folders: a seeded permutation of the sorted file list per epoch, each position assigned to
+one rank and batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import webdataset as wds
+
+from unip.data import tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
 
@@ -52,8 +55,7 @@ def shard_items(
 ) -> Iterator[Item]:
     """The consumer's endless stream of samples, shuffled in a buffer of `buffer` samples."""
     order = shard_order(len(shards), seed, epoch, consumer, consumers)
-    urls = ({"url": str(shards[i])} for i in order)
-    samples = wds.tarfile_to_samples(handler=on_error, select_files=_is_image)(urls)
+    samples = (s for i in order for s in tar.samples(shards[i], _is_image, on_error))
     if buffer > 1:
         rng = random.Random(f"shuffle:{seed}:{epoch}:{consumer}")
         samples = wds.shuffle(buffer, initial=min(buffer, 100), rng=rng)(samples)
