@@ -38,7 +38,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(out: Path, step: int, payload: dict, keep: int) -> Path:
-    path = folder(out) / f"step-{step:08d}.pt"
+    path = write(folder(out) / f"step-{step:08d}.pt", payload)
+    for old in saved(out)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def write(path: Path, payload: dict) -> Path:
+    """torch.save to a temporary name, fsync, rename: `path` is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -54,16 +61,15 @@ def save(out: Path, step: int, payload: dict, keep: int) -> Path:
             os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
-    for old in saved(out)[:-keep]:
-        old.unlink(missing_ok=True)
     return path
 
 
 def remove_temporaries(out: Path) -> None:
     """Half-written checkpoints of a killed run (never final, always safe to delete)."""
-    d = folder(out)
-    if d.is_dir():
-        for p in d.glob(".step-*.tmp"):
+    for d in (folder(out), Path(out)):
+        if not d.is_dir():
+            continue
+        for p in d.glob(".*.pt.*.tmp"):
             p.unlink(missing_ok=True)
 
 

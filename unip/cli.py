@@ -1,5 +1,6 @@
 """The `unip` command line: `analyze` (attention patterns, layer choice), `train`
-(NMI-HAD distillation), `export` (student weights for timm), `info` (the environment).
+(NMI-HAD distillation), `export` (student weights for timm), `finetune` / `eval`
+(segmentation), `demo-segset` (a generated set for the demo), `info` (the environment).
 
 Expected failures print one `error: ...` line and exit 1.
 """
@@ -161,6 +162,78 @@ def export(
             }
         )
     )
+
+
+@app.command()
+def finetune(
+    config: Annotated[Path, typer.Argument(help="Recipe (pipelines/finetune/, linprobe/).")],
+    data: Annotated[Path, typer.Option("--data", help="The segmentation dataset's root.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (created, or resumed).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.iterations=100")
+    ] = None,
+) -> None:
+    """Fine-tune (or linearly probe) a segmentation model; keeps the best checkpoint."""
+    from rich.console import Console
+
+    from unip.evaluate import print_table
+    from unip.finetune import finetune as run_finetune
+    from unip.segconfig import load_finetune_config
+
+    def go():
+        cfg = load_finetune_config(config, overrides or [])
+        return run_finetune(cfg, data, out)
+
+    result = _expected_failures(go)
+    if "mIoU" in result:
+        print_table(result, Console(stderr=True))
+    typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}))
+
+
+@app.command(name="eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A `unip finetune` .pt.")],
+    data: Annotated[Path, typer.Option("--data", help="The segmentation dataset's root.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions/.")],
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate.")] = "test",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Evaluate a fine-tuned checkpoint: sliding-window mIoU, per-class table, overlays."""
+    from rich.console import Console
+
+    from unip.evaluate import print_table, run_eval
+
+    result = _expected_failures(lambda: run_eval(checkpoint, data, split, out, device))
+    print_table(result, Console())
+    typer.echo(json.dumps({"mIoU": result["mIoU"], "aAcc": result["aAcc"], "out": str(out)}))
+
+
+@app.command(name="demo-segset")
+def demo_segset(
+    out: Annotated[Path, typer.Argument(help="Folder to write the generated set into.")],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 24,
+    test: Annotated[int, typer.Option("--test", help="Test images.")] = 8,
+) -> None:
+    """Write a small generated thermal segmentation set (folder layout) for the demo."""
+    from unip.data.segdemo import make_demo_segset
+
+    classes = _expected_failures(lambda: make_demo_segset(out, n_train=train, n_test=test))
+    typer.echo(json.dumps({"out": str(out), "classes": classes}))
+
+
+def _expected_failures(fn):
+    """Run fn; a UnipError prints one line and exits 1 (UNIP_DEBUG=1: the traceback)."""
+    import os
+
+    from unip.errors import UnipError
+
+    try:
+        return fn()
+    except UnipError as e:
+        if os.environ.get("UNIP_DEBUG") == "1":
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -16,7 +16,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class MetricLog:
-    def __init__(self, out: Path, enabled: bool, resume_step: int, total: int, start: int):
+    def __init__(
+        self,
+        out: Path,
+        enabled: bool,
+        resume_step: int,
+        total: int,
+        start: int,
+        label: str = "distilling",
+    ):
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
         self._tb = self._bar = None
@@ -27,7 +35,7 @@ class MetricLog:
 
         self._tb = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=resume_step + 1)
         self._bar = Progress(
-            TextColumn("distilling"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
@@ -62,8 +70,11 @@ class MetricLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(metrics, sort_keys=True) + "\n")
         for k, v in metrics.items():
-            if k != "step":
-                self._tb.add_scalar(f"train/{k}", v, metrics["step"])
+            if k != "step" and isinstance(v, (int, float)):
+                name = k if "/" in k else f"train/{k}"
+                self._tb.add_scalar(name, v, metrics["step"])
+        if "loss" not in metrics:  # an evaluation row (val/...): no progress status
+            return
         status = f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
         status += f"{metrics['images_per_s']:.0f} img/s"
         self._bar.update(self._task, status=status)

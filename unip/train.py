@@ -98,18 +98,16 @@ class Plan:
         )
 
 
-def prepare_out(cfg: TrainConfig, out: Path, d: Dist) -> Path | None:
+def prepare_out(cfg, out: Path, d: Dist, resumable: set[str] = RESUMABLE_CHANGES) -> Path | None:
     """Save the config (refusing a resume under another one); returns the checkpoint to
-    resume from, if any."""
+    resume from, if any. `resumable`: keys a resumed run may change."""
     saved = out / "config.yaml"
     last = checkpoint.latest(out)
     if saved.exists() and last is not None:
         import yaml
 
         old = yaml.safe_load(saved.read_text())
-        changed = [
-            k for k in differences(old, cfg.model_dump(mode="json")) if k not in RESUMABLE_CHANGES
-        ]
+        changed = [k for k in differences(old, cfg.model_dump(mode="json")) if k not in resumable]
         if changed:
             raise UnipError(
                 f"{out} holds a run with another config ({', '.join(changed)} differ); "

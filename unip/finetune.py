@@ -1,0 +1,232 @@
+"""`unip finetune`: segmentation fine-tuning or linear probing, iteration-based, on one device
+or many (`torchrun`, DDP).
+
+The data order is a seeded permutation per epoch of the training split, and every sample's
+augmentation is seeded by its place g in the run's stream, so step s of any rank always sees
+the same crops: a resumed run replays nothing and matches an uninterrupted one. Every image
+and label is read once before training, so a bad file stops the run before its first step,
+naming the file.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from unip import checkpoint
+from unip.data.loader import to_model_input
+from unip.data.segaug import train_transform
+from unip.data.segsets import SegSet, open_segset, read_classes
+from unip.errors import UnipError
+from unip.evaluate import evaluate
+from unip.logs import MetricLog
+from unip.segconfig import RESUMABLE_CHANGES, FinetuneConfig
+from unip.train import autocast, init_distributed, pick_device, prepare_out
+
+SEG_MEAN, SEG_STD = 0.3801, 0.1878  # the paper's fine-tuning normalisation (of 0-255)
+
+
+def open_split(cfg: FinetuneConfig, root: Path, split: str) -> SegSet:
+    classes = cfg.data.classes
+    if isinstance(classes, str):
+        classes = read_classes(Path(root) / classes)
+    return open_segset(cfg.data.kind, Path(root), split, classes=classes)
+
+
+class Crops(Dataset):
+    """set[(index, g)] -> (uint8 (1, crop, crop) image, int64 label), augmented by seed g."""
+
+    def __init__(self, segset: SegSet, cfg: FinetuneConfig):
+        self.segset, self.cfg = segset, cfg
+
+    def __len__(self) -> int:
+        return len(self.segset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, g = key
+        d = self.cfg.data
+        rng = np.random.default_rng([self.cfg.seed, g])
+        image, label, _ = self.segset[index]
+        image, label = train_transform(
+            image, label, rng, d.crop, d.scale, d.ratio_range, d.cat_max_ratio
+        )
+        return torch.from_numpy(image.copy())[None], torch.from_numpy(label.astype(np.int64))
+
+
+class StepSampler(Sampler):
+    """(index, g) for this rank's samples of steps `start` .. `stop` - 1: step s, rank r, slot
+    j reads stream position g = (s x world + r) x batch + j, entry g % n of epoch g // n's
+    permutation."""
+
+    def __init__(self, n: int, seed: int, batch: int, rank: int, world: int, start: int, stop: int):
+        self.n, self.seed, self.batch = n, seed, batch
+        self.rank, self.world, self.start, self.stop = rank, world, start, stop
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.batch
+
+    def __iter__(self):
+        perms: dict[int, list[int]] = {}
+        for step in range(self.start, self.stop):
+            for j in range(self.batch):
+                g = (step * self.world + self.rank) * self.batch + j
+                epoch, pos = divmod(g, self.n)
+                if epoch not in perms:
+                    order = list(range(self.n))
+                    random.Random(f"seg:{self.seed}:{epoch}").shuffle(order)
+                    perms = {epoch: order}
+                yield perms[epoch][pos], g
+
+
+def lr_factor(step: int, cfg: FinetuneConfig) -> float:
+    """mmcv's poly schedule with linear warmup, as a multiple of each group's peak lr."""
+    o = cfg.optim
+    min_ratio = o.min_lr / o.lr
+    poly = (1 - min_ratio) * (1 - step / o.iterations) ** o.power + min_ratio
+    if step < o.warmup_iters:
+        return poly * (1 - (1 - step / o.warmup_iters) * (1 - o.warmup_ratio))
+    return poly
+
+
+def check_readable(segset: SegSet, workers: int) -> None:
+    """Read every image and label once: a bad file fails here, named, not mid-run."""
+    loader = DataLoader(_Check(segset), batch_size=None, num_workers=min(workers, 4))
+    bad = [msg for msg in loader if msg]
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise UnipError(
+            f"{len(bad)} unreadable samples in {segset.split}: {'; '.join(bad[:5])}{more}"
+        )
+
+
+class _Check(Dataset):
+    def __init__(self, segset: SegSet):
+        self.segset = segset
+
+    def __len__(self) -> int:
+        return len(self.segset)
+
+    def __getitem__(self, i: int) -> str:
+        try:
+            self.segset[i]
+        except Exception as exn:  # reported together, before training
+            return f"{self.segset.names[i]}: {exn}"
+        return ""
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> torch.nn.Module:
+    from unip.models.segment import build_segmenter
+
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    return build_segmenter(
+        m.kind, m.backbone, m.checkpoint, num_classes, cfg.data.crop, m.drop_path_rate, m.aux
+    )
+
+
+def make_optimizer(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device):
+    from unip.models.seg_optim import layer_decay_groups
+
+    o = cfg.optim
+    groups = layer_decay_groups(model, o.lr, o.weight_decay, o.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    return optimizer, sched
+
+
+def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
+    """Run (or resume) a fine-tuning; returns the last evaluation's metrics."""
+    from unip.models.segment import seg_loss
+
+    out = Path(out)
+    d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg, d)
+    train_set = open_split(cfg, data, cfg.data.train_split)
+    val_set = open_split(cfg, data, cfg.data.val_split)
+    check_readable(train_set, cfg.data.workers)
+    resume = prepare_out(cfg, out, d, RESUMABLE_CHANGES)
+    model = build_model(cfg, len(train_set.classes)).to(device)
+    if d.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer, sched = make_optimizer(cfg, model, device)
+    step, best = 0, -1.0
+    if resume is not None:
+        state = checkpoint.load(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, best = state["step"], state.get("best_mIoU", -1.0)
+        checkpoint.set_rng_state(state["rng"])
+    ddp = DistributedDataParallel(model) if d.world > 1 else model
+    last = min(cfg.optim.iterations, cfg.max_steps or cfg.optim.iterations)
+    b = cfg.data.batch_size
+    sampler = StepSampler(len(train_set), cfg.seed, b, d.rank, d.world, step, last)
+    loader = DataLoader(
+        Crops(train_set, cfg), batch_size=b, sampler=sampler, num_workers=cfg.data.workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )  # fmt: skip
+    log = MetricLog(out, d.main, resume_step=step, total=last, start=step, label="fine-tuning")
+    result: dict = {}
+    model.train()
+    t_last, images = time.perf_counter(), 0
+    for x, y in loader:
+        x = to_model_input(x, device, SEG_MEAN, SEG_STD)
+        y = y.to(device, non_blocking=True)
+        with autocast(cfg, device):
+            losses = seg_loss(ddp(x), y)
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        sched.step()
+        step += 1
+        images += x.shape[0] * d.world
+        log.advance()
+        if step % cfg.log_every == 0 or step == last:
+            now = time.perf_counter()
+            row = {k: v.item() for k, v in losses.items()}
+            row.update(step=step, lr=lr, images_per_s=images / max(now - t_last, 1e-9))
+            log.write(row)
+            t_last, images = now, 0
+        if step % cfg.eval.every == 0 or step == last:
+            result = evaluate(model, val_set, cfg, device, d, out if step == last else None)
+            model.train()
+            log.write({"step": step, **{f"val/{k}": v for k, v in _scalars(result).items()}})
+            if d.main and result["mIoU"] > best:
+                best = result["mIoU"]
+                checkpoint.write(
+                    out / "best.pt", _payload(cfg, model, optimizer, sched, step, best)
+                )
+        if d.main and (step % cfg.checkpoint_every == 0 or step == last):
+            payload = _payload(cfg, model, optimizer, sched, step, best)
+            checkpoint.save(out, step, payload, cfg.keep_last)
+        if d.world > 1 and step % cfg.checkpoint_every == 0:
+            dist.barrier()
+    log.close()
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {**result, "step": step, "best_mIoU": best}
+
+
+def _scalars(result: dict) -> dict:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def _payload(cfg, model, optimizer, sched, step: int, best: float) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": sched.state_dict(),
+        "step": step,
+        "best_mIoU": best,
+        "rng": checkpoint.rng_state(),
+        "config": cfg.model_dump(mode="json"),
+    }
