@@ -221,6 +221,9 @@ def test_readme_demo_command_runs(tmp_path):
     assert 1 <= report["recommended_layer"] <= 12
     assert checkpoint.latest(tmp_path / "demo-train") is not None
     assert metrics(tmp_path / "demo-train")[-1]["step"] == 9
+    result = json.loads((tmp_path / "demo-eval" / "metrics.json").read_text())
+    assert result["mIoU"] > 50  # the generated scenes are learnable in the demo's 150 steps
+    assert len(list((tmp_path / "demo-eval" / "predictions").glob("*.png"))) == 4
 
 
 def test_bad_data_fails_before_the_run_folder_is_made(tmp_path):

@@ -126,8 +126,13 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> torch.nn.Module:
 
     torch.manual_seed(cfg.seed)
     m = cfg.model
+    weights = m.checkpoint
+    if weights is not None and weights.is_dir():  # a `unip train` run folder: its last step
+        weights = checkpoint.latest(weights)
+        if weights is None:
+            raise UnipError(f"model.checkpoint {m.checkpoint}: a folder without checkpoints/")
     return build_segmenter(
-        m.kind, m.backbone, m.checkpoint, num_classes, cfg.data.crop, m.drop_path_rate, m.aux
+        m.kind, m.backbone, weights, num_classes, cfg.data.crop, m.drop_path_rate, m.aux
     )
 
 
@@ -170,7 +175,10 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
     sampler = StepSampler(len(train_set), cfg.seed, b, d.rank, d.world, step, last)
     loader = DataLoader(
         Crops(train_set, cfg), batch_size=b, sampler=sampler, num_workers=cfg.data.workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        pin_memory=device.type == "cuda",
+        # its own generator: a loader drawing its base seed from the global RNG would shift
+        # the drop-path stream of a resumed run
+        generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     log = MetricLog(out, d.main, resume_step=step, total=last, start=step, label="fine-tuning")
     result: dict = {}
