@@ -182,3 +182,28 @@ def test_unip_eval_errors_are_one_line(segset, tmp_path):
             app, ["eval", "--checkpoint", str(ckpt), "--data", str(segset), "--out", "o"]
         )
         assert r.exit_code == 1 and message in r.output
+
+
+def test_ddp_with_two_cpu_processes(segset, tmp_path):
+    """torchrun, gloo: the main process logs once, and the evaluation split across the two
+    ranks (counts summed) equals a one-process evaluation of the same checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from unip.evaluate import run_eval
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(**{"optim.iterations": 3})))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += ["2", "-m", "unip", "finetune", str(cfg), "--data", str(segset), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [r["step"] for r in rows(out) if "loss" in r] == [1, 2, 3]
+    ddp_miou = [r for r in rows(out) if "val/mIoU" in r][-1]["val/mIoU"]
+    single = run_eval(out / "checkpoints/step-00000003.pt", segset, "test", tmp_path / "e", "cpu")
+    assert single["mIoU"] == pytest.approx(ddp_miou)

@@ -158,7 +158,7 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
     check_readable(train_set, cfg.data.workers)
     resume = prepare_out(cfg, out, d, RESUMABLE_CHANGES)
     model = build_model(cfg, len(train_set.classes)).to(device)
-    if d.world > 1:
+    if d.world > 1 and device.type == "cuda":  # (SyncBatchNorm runs on GPUs only)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, sched = make_optimizer(cfg, model, device)
     step, best = 0, -1.0
@@ -204,6 +204,8 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
             log.write(row)
             t_last, images = now, 0
         if step % cfg.eval.every == 0 or step == last:
+            for buffer in model.buffers() if d.world > 1 else ():  # rank 0's BN statistics
+                dist.broadcast(buffer, 0)
             result = evaluate(model, val_set, cfg, device, d, out if step == last else None)
             model.train()
             log.write({"step": step, **{f"val/{k}": v for k, v in _scalars(result).items()}})
