@@ -30,7 +30,7 @@ console = Console(stderr=True)
 def _fail(e: Exception) -> None:
     if os.environ.get("INFMIX_DEBUG") == "1":
         raise e
-    console.print("[bold red]error:[/]", escape(str(e)), highlight=False)
+    console.print("[bold red]error:[/]", escape(str(e)), highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

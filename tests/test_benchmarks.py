@@ -87,3 +87,13 @@ def test_distill_step_benchmark_prints_both_rates_and_the_ratio():
     cpu = r["cpu"]
     assert cpu["ours_img_s"] > 0 and cpu["baseline_img_s"] > 0
     assert cpu["ratio"] == pytest.approx(cpu["ours_img_s"] / cpu["baseline_img_s"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_segment_benchmark_prints_both_rates_and_the_ratio():
+    r = _run_json("benchmarks/segment.py", "--image-size", "64", "--steps", "1", "--cpu-only")
+    train, slide = r["cpu"]["train"], r["cpu"]["slide_inference"]
+    assert train["train_img_s"] > 0 and slide["single_window_img_s"] > 0
+    ratio = slide["batched_windows_img_s"] / slide["single_window_img_s"]
+    assert slide["ratio_batched_over_single"] == pytest.approx(ratio, rel=0.02)
+    assert slide["max_abs_logit_diff"] < 1e-4  # batching windows changes no logit

@@ -293,3 +293,6 @@ def test_cli_edge_cases(tmp_path):
     assert r.exit_code == 1 and "is a file" in r.output
     r = runner.invoke(app, ["demo-sources", str(tmp_path / "afile")])
     assert r.exit_code == 1 and "Traceback" not in r.output
+    long = tmp_path / ("x" * 120) / "c.yaml"  # an error stays one line, however long
+    r = runner.invoke(app, ["build", str(long), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and r.output.strip().count("\n") == 0 and str(long) in r.output
