@@ -18,7 +18,9 @@ from typing import BinaryIO
 
 BLOCK = 512
 _END = bytes(BLOCK)
-_REGULAR = (b"0", b"\0", b"7")  # regular and contiguous files (tarfile's REGULAR_TYPES)
+_REGULAR = (b"0", b"\0", b"7")  # regular and contiguous files (GNU sparse ones: skipped)
+_META = (b"x", b"g", b"L", b"K")  # PAX local/global records, GNU long name / long link name
+_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")
 _POSIX_MAGIC = b"ustar\x0000"
 _SIGNED = struct.Struct("148b8x356b")  # header bytes as signed chars, checksum field left out
 # webdataset's base_plus_ext: the key is the path up to the first dot of its last component
@@ -83,6 +85,9 @@ def members(f: BinaryIO, want: Callable[[str], bool]) -> Iterator[tuple[str, byt
     """(name, data) of each regular file, data None when `want(name)` is false (not read)."""
     pax: dict[str, str] = {}
     long_name: str | None = None
+    start = f.tell()
+    end = f.seek(0, 2)  # a claimed size past the end is damage, not an allocation
+    f.seek(start)
     while True:
         h = f.read(BLOCK)
         if not h or h == _END:
@@ -91,11 +96,11 @@ def members(f: BinaryIO, want: Callable[[str], bool]) -> Iterator[tuple[str, byt
             raise TarError("header truncated (shard cut short)")
         _check(h)
         kind, size = h[156:157], _number(h[124:136])
-        if kind not in (b"x", b"g", b"L") and "size" in pax:  # PAX: sizes past 8 GiB
+        if kind not in _META and "size" in pax:  # PAX: sizes past 8 GiB
             size = int(pax["size"])
-        if size < 0:
-            raise TarError("negative member size")
-        if kind in (b"x", b"g", b"L"):  # metadata for the next member (global: ignored)
+        if not 0 <= size <= end - f.tell():
+            raise TarError(f"member of {size} bytes truncated: past the shard's end (or damaged)")
+        if kind in _META:  # metadata for the next member (global and link names: ignored)
             data = _read(f, size)
             if kind == b"x":
                 pax = _pax(data)
@@ -112,6 +117,8 @@ def members(f: BinaryIO, want: Callable[[str], bool]) -> Iterator[tuple[str, byt
                 yield name, _read(f, size)
                 continue
             yield name, None
+        elif kind in _NO_DATA:  # as tarfile: links, devices, folders, fifos store no data
+            continue
         f.seek(size + (-size % BLOCK), 1)
 
 
