@@ -73,15 +73,11 @@ def train(
 ) -> None:
     """Distill a teacher's hybrid-layer attention into a student (resumes from --out)."""
     from unip.config import load_train_config
-    from unip.errors import UnipError
     from unip.train import train as run_train
 
-    try:
-        cfg = load_train_config(config, overrides or [])
-        metrics = run_train(cfg, data, out)
-    except UnipError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    metrics = _expected_failures(
+        lambda: run_train(load_train_config(config, overrides or []), data, out)
+    )
     if metrics:
         typer.echo(json.dumps(metrics))
 
@@ -114,20 +110,13 @@ def analyze(
     ] = None,
 ) -> None:
     """Measure attention NMI and distance per layer and recommend the layer to distil."""
-    import os
-
     from rich.console import Console
 
     from unip.analyze import print_report, run
-    from unip.errors import UnipError
 
-    try:
-        report = run(model, data, out, images, batch_size, image_size, device, layer, overrides)
-    except UnipError as e:
-        if os.environ.get("UNIP_DEBUG") == "1":
-            raise
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    report = _expected_failures(
+        lambda: run(model, data, out, images, batch_size, image_size, device, layer, overrides)
+    )
     print_report(report, Console())
 
 
@@ -145,14 +134,9 @@ def export(
     ] = None,
 ) -> None:
     """Export student weights as safetensors with a timm config (pretrained_cfg_overlay)."""
-    from unip.errors import UnipError
     from unip.export import export as run_export
 
-    try:
-        config = run_export(ckpt, out, name=name, last_heads=last_heads)
-    except UnipError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    config = _expected_failures(lambda: run_export(ckpt, out, name=name, last_heads=last_heads))
     typer.echo(
         json.dumps(
             {
@@ -180,11 +164,9 @@ def finetune(
     from unip.finetune import finetune as run_finetune
     from unip.segconfig import load_finetune_config
 
-    def go():
-        cfg = load_finetune_config(config, overrides or [])
-        return run_finetune(cfg, data, out)
-
-    result = _expected_failures(go)
+    result = _expected_failures(
+        lambda: run_finetune(load_finetune_config(config, overrides or []), data, out)
+    )
     if "mIoU" in result:
         print_table(result, Console(stderr=True))
     typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}))

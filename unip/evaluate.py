@@ -17,12 +17,10 @@ import torch
 from PIL import Image
 
 from unip.data.loader import to_model_input
-from unip.data.segaug import test_resize
+from unip.data.segaug import NORM, test_resize
 from unip.data.segsets import SegSet
 from unip.errors import UnipError
 from unip.metrics import SegMetric
-
-SEG_MEAN, SEG_STD = 0.3801, 0.1878
 
 
 @torch.inference_mode()
@@ -38,7 +36,7 @@ def evaluate(model, segset: SegSet, cfg, device, d=None, overlays_to: Path | Non
     for i in range(rank, len(segset), world):
         image, label, name = segset[i]
         x = torch.from_numpy(test_resize(image, cfg.data.scale).copy())[None, None]
-        x = to_model_input(x, device, SEG_MEAN, SEG_STD)
+        x = to_model_input(x, device, *NORM)
         with autocast(cfg, device):
             pred = predict(
                 model, x, len(segset.classes), cfg.eval.mode, cfg.data.crop, cfg.eval.stride,

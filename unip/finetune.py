@@ -22,15 +22,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unip import checkpoint
 from unip.data.loader import to_model_input
-from unip.data.segaug import train_transform
+from unip.data.segaug import NORM, train_transform
 from unip.data.segsets import SegSet, open_segset, read_classes
 from unip.errors import UnipError
 from unip.evaluate import evaluate
 from unip.logs import MetricLog
 from unip.segconfig import RESUMABLE_CHANGES, FinetuneConfig
-from unip.train import autocast, init_distributed, pick_device, prepare_out
-
-SEG_MEAN, SEG_STD = 0.3801, 0.1878  # the paper's fine-tuning normalisation (of 0-255)
+from unip.train import autocast, init_distributed, pick_device, prepare_out, shutdown
 
 
 def open_split(cfg: FinetuneConfig, root: Path, split: str) -> SegSet:
@@ -185,7 +183,7 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
     model.train()
     t_last, images = time.perf_counter(), 0
     for x, y in loader:
-        x = to_model_input(x, device, SEG_MEAN, SEG_STD)
+        x = to_model_input(x, device, *NORM)
         y = y.to(device, non_blocking=True)
         with autocast(cfg, device):
             losses = seg_loss(ddp(x), y)
@@ -219,10 +217,7 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
             checkpoint.save(out, step, payload, cfg.keep_last)
         if d.world > 1 and step % cfg.checkpoint_every == 0:
             dist.barrier()
-    log.close()
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown(log, d)
     return {**result, "step": step, "best_mIoU": best}
 
 

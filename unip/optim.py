@@ -7,7 +7,12 @@ import math
 import torch
 from torch import nn
 
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token")
+EMBEDDING_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token")
+
+
+def skips_decay(name: str, ndim: int) -> bool:
+    """No weight decay on biases, norms (every 1-d parameter), position embeddings, tokens."""
+    return ndim <= 1 or name.endswith(".bias") or any(k in name for k in EMBEDDING_NAMES)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -17,8 +22,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _NO_DECAY_NAMES)
-        (no_decay if skip else decay).append(p)
+        (no_decay if skips_decay(name, p.ndim) else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -269,11 +269,16 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
             checkpoint.save(out, step, payload, cfg.keep_last)
         if d.world > 1 and step % cfg.checkpoint_every == 0:
             dist.barrier()
+    shutdown(log, d)
+    return metrics
+
+
+def shutdown(log: MetricLog, d: Dist) -> None:
+    """Close the logs; every rank waits for the last checkpoint, then leaves the group."""
     log.close()
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return metrics
 
 
 def corpus_size(data: Path) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# the UNIP paper's infrared mean and std (of [0, 1] pixels), on the 0..255 scale
-SEG_MEAN = 0.3801 * 255
-SEG_STD = 0.1878 * 255
+# the UNIP paper's fine-tuning mean and std of [0, 1] pixels (NORM, what the device applies),
+# and on the 0..255 scale
+NORM = (0.3801, 0.1878)
+SEG_MEAN = NORM[0] * 255
+SEG_STD = NORM[1] * 255
 SCALE = (2048, 512)
 RATIO_RANGE = (0.5, 2.0)
 IGNORE = 255

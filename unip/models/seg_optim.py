@@ -14,8 +14,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from unip.errors import UnipError
+from unip.optim import EMBEDDING_NAMES, skips_decay
 
-EMBEDDING_NAMES = ("cls_token", "pos_embed", "reg_token", "mask_token")
 """ViT parameters in layer 0 with patch_embed, and never weight-decayed."""
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -42,7 +42,7 @@ def layer_decay_groups(
             continue
         inner = name.removeprefix(prefix) if name.startswith(prefix) else None
         layer = num_layers - 1 if inner is None else vit_layer_id(inner, num_layers)
-        decay = not _no_decay(name, p.ndim)
+        decay = not skips_decay(name, p.ndim)
         if (layer, decay) not in groups:
             scale = decay_rate ** (num_layers - layer - 1)
             groups[layer, decay] = {
@@ -64,10 +64,6 @@ def vit_layer_id(name: str, num_layers: int) -> int:
     if block:
         return int(block.group(1)) + 1
     return num_layers - 1
-
-
-def _no_decay(name: str, ndim: int) -> bool:
-    return ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in EMBEDDING_NAMES
 
 
 def _find_vit(model: nn.Module) -> tuple[str, VisionTransformer]:
