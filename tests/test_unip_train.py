@@ -207,7 +207,7 @@ def test_readme_demo_command_runs(tmp_path):
     readme = (REPO / "README.md").read_text()
     command = re.search(r"```bash\n(python3 -m venv .*?)\n```", readme).group(1)
     steps = [s.strip() for s in command.split("&&")]
-    assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/pip install -q -e ."]
+    assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/pip install -q --no-cache-dir -e ."]
     assert any(s.startswith(".venv/bin/unip analyze") for s in steps)
     assert any(s.startswith(".venv/bin/unip train") for s in steps)
     shutil.copytree(REPO / "pipelines", tmp_path / "pipelines")
