@@ -89,7 +89,9 @@ def best_rate(fn, images_per_call: int, steps: int, rounds: int, device: torch.d
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device):
-    groups = layer_decay_groups(model, lr=1e-4, weight_decay=0.05, decay_rate=0.65)
+    groups = layer_decay_groups(
+        model, lr=1e-4, weight_decay=0.05, decay_rate=0.85
+    )  # the UNIP recipes
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), fused=device.type == "cuda")
 
     def step() -> None:
@@ -184,9 +186,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
+    head = "linear-probe" if args.layers_variant == "linear" else f"{args.layers_variant}+uperhead"
     result = {
         "benchmark": "segment",
-        "model": f"{BACKBONE}+{args.layers_variant}+uperhead",
+        "model": f"{BACKBONE}+{head}",
         "num_classes": NUM_CLASSES,
         "image_size": args.image_size,
         "rounds": args.rounds,

@@ -70,6 +70,7 @@ def test_recipes_validate_with_the_papers_schedules():
         linear = path.parent.name == "linprobe"
         assert cfg.model.kind == ("linear" if linear else "llfpn")
         assert cfg.optim.layer_decay == (1.0 if linear else 0.85)
+        assert cfg.optim.lr == 1e-4 and cfg.optim.warmup_iters == 1500  # UNIP's configs
 
 
 def test_config_errors_name_the_key():
@@ -157,7 +158,7 @@ def test_unip_eval_recomputes_metrics_from_the_checkpoint(segset, tmp_path):
     args += ["--split", "test", "--out", str(tmp_path / "ev"), "--device", "cpu"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "ev/metrics.json").read_text(), parse_constant=_refuse)
     assert metrics["mIoU"] == pytest.approx(result["mIoU"])  # the same model, the same split
     # one overlay: the image, then the prediction and the labels blended over it
     test = open_segset("folder", segset, "test", classes=read_classes(segset / "classes.txt"))
@@ -170,6 +171,10 @@ def test_unip_eval_recomputes_metrics_from_the_checkpoint(segset, tmp_path):
     np.testing.assert_allclose(panel[:, 2 * w :], 0.5 * image[..., None] + 0.5 * colours, atol=1)
 
 
+def _refuse(constant: str):
+    raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
+
+
 def test_unip_eval_errors_are_one_line(segset, tmp_path):
     from typer.testing import CliRunner
 
@@ -177,11 +182,22 @@ def test_unip_eval_errors_are_one_line(segset, tmp_path):
 
     bogus = tmp_path / "x.pt"
     torch.save({"model": {}}, bogus)
-    for ckpt, message in ((tmp_path / "none.pt", "no such file"), (bogus, "not a `unip finetune`")):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    distilled = tmp_path / "step-00000001.pt"
+    torch.save({"model": {}, "config": {"student": {"model": "unip_vit_tiny_patch16"}}}, distilled)
+    cases = (
+        (tmp_path / "none.pt", "no such file"),
+        (bogus, "not a `unip finetune`"),
+        (garbage, "garbage.pt: not a readable checkpoint"),
+        (distilled, "is a `unip train` (distillation) checkpoint"),
+    )
+    for ckpt, message in cases:
         r = CliRunner().invoke(
             app, ["eval", "--checkpoint", str(ckpt), "--data", str(segset), "--out", "o"]
         )
-        assert r.exit_code == 1 and message in r.output
+        assert r.exit_code == 1 and message in r.output, r.output
+        assert "Traceback" not in r.output
 
 
 def test_ddp_with_two_cpu_processes(segset, tmp_path):
@@ -207,3 +223,124 @@ def test_ddp_with_two_cpu_processes(segset, tmp_path):
     ddp_miou = [r for r in rows(out) if "val/mIoU" in r][-1]["val/mIoU"]
     single = run_eval(out / "checkpoints/step-00000003.pt", segset, "test", tmp_path / "e", "cpu")
     assert single["mIoU"] == pytest.approx(ddp_miou)
+
+
+def test_unip_eval_needs_only_the_fine_tuned_checkpoint(segset, tmp_path, monkeypatch):
+    """The backbone's architecture is recorded in the checkpoint (here a distilled student with
+    4 heads in its last block, read off its pre-training checkpoint): `unip eval` works with
+    that checkpoint moved elsewhere and the pre-training file gone."""
+    import shutil
+
+    from unip.evaluate import run_eval
+    from unip.models import create_student
+
+    student = create_student("unip_vit_tiny_patch16", last_heads=4, img_size=64)
+    pre = tmp_path / "distill" / "step-00000007.pt"
+    pre.parent.mkdir()
+    config = {"student": {"model": "unip_vit_tiny_patch16", "last_heads": 4}}
+    torch.save({"model": student.state_dict(), "step": 7, "config": config}, pre)
+    over = {"model.backbone": str(pre), "model.checkpoint": None}
+    cfg = load_finetune_config(None, ["optim.iterations=2"], data=tiny(**over))
+    result = finetune(cfg, segset, tmp_path / "run")
+    state = torch.load(tmp_path / "run/best.pt", weights_only=True)
+    assert state["backbone_arch"]["kwargs"]["last_heads"] == 4
+    moved = tmp_path / "elsewhere" / "best.pt"
+    moved.parent.mkdir()
+    shutil.copy(tmp_path / "run/best.pt", moved)
+    shutil.rmtree(tmp_path / "distill")
+    monkeypatch.chdir(moved.parent)
+    again = run_eval(moved, segset, "test", tmp_path / "ev", "cpu")
+    assert again["mIoU"] == pytest.approx(result["mIoU"])
+
+
+def test_padding_is_zero_in_the_model_input(segset, tmp_path, monkeypatch):
+    """mmseg pads after Normalize: the padded border enters the model as 0, not as the
+    normalised value of black (-2.02)."""
+    import unip.finetune as ft
+
+    seen = []
+    build = ft.build_model
+
+    def recording(*args, **kw):
+        model = build(*args, **kw)
+        model.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].clone()))
+        return model
+
+    monkeypatch.setattr(ft, "build_model", recording)
+    # 80x64 images at scale (160, 64), ratio 0.5: 40x32, so every 64-crop is padded
+    over = {"data.ratio_range": [0.5, 0.5], "eval.every": 1000}
+    finetune(load_finetune_config(None, ["max_steps=2"], data=tiny(**over)), segset, tmp_path / "r")
+    train_inputs = [x for x in seen if x.shape[-1] == 64 and x.shape[0] == 2][:2]
+    assert len(train_inputs) == 2
+    for x in train_inputs:
+        assert (x[:, :, 32:] == 0).all() and (x[:, :, :, 40:] == 0).all()
+        assert (x[:, :, :32, :40] != 0).float().mean() > 0.9
+
+
+def test_zero_padding_against_a_loop():
+    from unip.finetune import zero_padding
+
+    x = torch.randn(3, 3, 8, 10)
+    size = torch.tensor([[8, 10], [5, 7], [1, 2]])
+    want = x.clone()
+    for b, (h, w) in enumerate(size.tolist()):
+        for i in range(8):
+            for j in range(10):
+                if i >= h or j >= w:
+                    want[b, :, i, j] = 0
+    assert torch.equal(zero_padding(x.clone(), size), want)
+
+
+def test_one_image_per_step_is_refused_before_the_run(segset, tmp_path):
+    from unip.finetune import check_batch
+
+    out = tmp_path / "run"
+    cfg = load_finetune_config(None, ["data.batch_size=1"], data=tiny())
+    with pytest.raises(UnipError, match=r"data\.batch_size=1: the UperNet head's BatchNorm"):
+        finetune(cfg, segset, out)
+    assert not out.exists()
+    check_batch(cfg, world=2, sync_bn=True)  # SyncBatchNorm over 2 GPUs: 2 images per BN
+    with pytest.raises(UnipError):
+        check_batch(cfg, world=2, sync_bn=False)
+    probe = load_finetune_config(None, ["data.batch_size=1", "model.kind=linear"], data=tiny())
+    check_batch(probe, world=1, sync_bn=False)  # the probe's BN sees every pixel
+
+
+def test_a_bad_validation_image_fails_before_the_run(segset, tmp_path):
+    import shutil
+
+    root = tmp_path / "set"
+    shutil.copytree(segset, root)
+    victim = root / "images" / f"{(root / 'test.txt').read_text().split()[0]}.png"
+    victim.write_bytes(b"\x89PNG broken")
+    out = tmp_path / "run"
+    with pytest.raises(UnipError, match=rf"unreadable samples in test: {victim.stem}"):
+        finetune(load_finetune_config(None, data=tiny()), root, out)
+    assert not out.exists()
+
+
+def test_min_lr_is_absolute_in_every_group_as_mmcv():
+    """mmcv's poly: (base - min_lr) x (1 - i/T)^p + min_lr, with each group's own base lr."""
+    from unip.finetune import build_model, make_optimizer
+
+    over = ["optim.iterations=10", "optim.warmup_iters=3", "optim.min_lr=1e-5", "optim.power=2"]
+    cfg = load_finetune_config(None, over, data=tiny(**{"optim.layer_decay": 0.5}))
+    model = build_model(cfg, 3)
+    optimizer, sched = make_optimizer(cfg, model, torch.device("cpu"))
+    bases = [g["initial_lr"] for g in optimizer.param_groups]
+    assert len(set(bases)) > 3 and min(bases) < 1e-5 < max(bases)  # some below min_lr
+    for i in range(10):
+        for base, group in zip(bases, optimizer.param_groups, strict=True):
+            regular = (base - 1e-5) * (1 - i / 10) ** 2 + 1e-5
+            if i < 3:
+                regular *= 1 - (1 - i / 3) * (1 - 1e-6)
+            assert group["lr"] == pytest.approx(regular, rel=1e-9, abs=1e-15)
+        optimizer.step()
+        sched.step()
+
+
+def test_metrics_json_is_strict_json():
+    from unip.evaluate import json_safe
+
+    text = json.dumps(json_safe({"mIoU": 50.0, "IoU": [float("nan"), 1.0]}), allow_nan=False)
+    assert json.loads(text) == {"mIoU": 50.0, "IoU": [None, 1.0]}

@@ -308,7 +308,7 @@ def test_linear_probe_trains_only_bn_and_classifier():
     assert probe.conv_seg.weight.grad is not None and probe.bn.weight.grad is not None
 
 
-def test_cross_entropy_means_over_non_ignored_pixels():
+def test_cross_entropy_reduces_as_mmseg():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, generator=g)
     label = torch.randint(0, 3, (2, 4, 4), generator=g)
@@ -321,13 +321,20 @@ def test_cross_entropy_means_over_non_ignored_pixels():
         for j in range(4)
         if label[b, i, j] != 255
     ]
-    want = sum(picked) / len(picked)
-    assert math.isclose(cross_entropy(logits, label).item(), want.item(), rel_tol=1e-5)
-    assert cross_entropy(logits, torch.full_like(label, 255)).item() == 0.0
+    # mmseg 0.x: the sum over labelled pixels divided by all 32 pixels (ignored ones add 0)
+    assert len(picked) == 24
+    every = sum(picked) / label.numel()
+    assert math.isclose(cross_entropy(logits, label).item(), every.item(), rel_tol=1e-5)
+    labelled = sum(picked) / len(picked)  # avg_non_ignore=True
+    got = cross_entropy(logits, label, avg_non_ignore=True).item()
+    assert math.isclose(got, labelled.item(), rel_tol=1e-5)
+    for avg in (False, True):
+        assert cross_entropy(logits, torch.full_like(label, 255), 255, avg).item() == 0.0
     # logits at stride 4 are upsampled to the label, bilinear without corner alignment
     up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
     big = label.repeat_interleave(4, 1).repeat_interleave(4, 2)
-    assert torch.allclose(cross_entropy(logits, big), F.cross_entropy(up, big, ignore_index=255))
+    want = F.cross_entropy(up, big, ignore_index=255)
+    assert torch.allclose(cross_entropy(logits, big, avg_non_ignore=True), want)
     aux = torch.randn(2, 3, 2, 2, generator=g)
     losses = seg_loss((logits, aux), label)
     total = losses["loss_decode"] + AUX_WEIGHT * losses["loss_aux"]

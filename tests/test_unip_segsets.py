@@ -111,6 +111,9 @@ def test_mfnet_prefers_a_thermal_folder(tmp_path):
     (root / "train.txt").write_text("x\n")
     image, _, _ = open_segset("mfnet", root, "train")[0]
     assert np.array_equal(image, gray(123))
+    (root / "thermal").rename(root / "thermal_imgs")  # the folder name of UNIP's configs
+    image, _, _ = open_segset("mfnet", root, "train")[0]
+    assert np.array_equal(image, gray(123))
 
 
 def test_mfnet_rgb_only_png_is_an_error(tmp_path):
@@ -131,19 +134,55 @@ def scut_root(tmp_path: Path, raw: np.ndarray) -> Path:
     return root
 
 
-def test_scut_remaps_cityscapes_ids_and_ignores_the_rest(tmp_path):
+def test_scut_remaps_cityscapes_ids(tmp_path):
     raw = np.zeros((H, W), np.uint8)
-    cityscapes = [0, 7, 24, 25, 26, 27, 13, 21, 28, 17, 1, 8, 33, 255]
-    expected = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 255, 255, 255]
+    cityscapes = [0, 7, 24, 25, 26, 27, 13, 21, 28, 17, 255]
+    expected = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255]
     for j, v in enumerate(cityscapes):
         raw[:, j] = v
     ds = open_segset("scut", scut_root(tmp_path, raw), "test")
     assert ds.classes == SCUT_CLASSES and ds.names == ["a", "b", "c"]
     _, label, _ = ds[2]
-    assert label[0, : len(expected)].tolist() == expected
+    assert label.dtype == np.uint8 and label[0, : len(expected)].tolist() == expected
     assert (label[:, len(expected) :] == 0).all()  # raw 0 is background
-    custom = open_segset("scut", ds.root, "test", classes=["x", "y"], label_map={7: 1, 24: 0})
-    assert custom[0][1][0, :4].tolist() == [255, 1, 0, 255]
+    two = {0: 255, 7: 1, 24: 0, 25: 255}
+    everything = {**two, **dict.fromkeys([13, 17, 21, 26, 27, 28], 255)}
+    custom = open_segset("scut", ds.root, "test", classes=["x", "y"], label_map=everything)
+    assert custom[0][1][0, : len(cityscapes)].tolist() == [255, 1, 0] + [255] * 8
+    partial = open_segset("scut", ds.root, "test", classes=["x", "y"], label_map=two)
+    with pytest.raises(UnipError, match=r"label ids \[13, 17, 21, 26, 27, 28\] are not in"):
+        partial[0]  # a table that misses ids is an error, not a silent 'ignore'
+
+
+def test_scut_ids_that_are_not_cityscapes_ids_are_an_error(tmp_path):
+    """Labels already converted to 0-9 in the release's folders would otherwise come out as
+    mostly 'ignore', with 7 read as road."""
+    converted = np.tile(np.arange(10, dtype=np.uint8), (H, W // 10 + 1))[:, :W]
+    ds = open_segset("scut", scut_root(tmp_path, converted), "test")
+    with pytest.raises(UnipError, match=r"c\.png: label ids \[1, 2, 3, 4, 5, 6, 8, 9\] are not"):
+        ds[2]
+
+
+def test_scut_converted_copy_in_unips_layout(tmp_path):
+    """UNIP's configs read images/, labels/ (ids 0-9) and train.txt / val.txt."""
+    root = tmp_path / "scut"
+    label = np.tile(np.arange(10, dtype=np.uint8), (H, W // 10 + 1))[:, :W]
+    label[0, 0] = 255
+    for name in ("p", "q"):
+        save(root / "images" / f"{name}.jpg", gray(50))
+        save(root / "labels" / f"{name}.png", label)
+    (root / "val.txt").write_text("q\np\n")
+    ds = open_segset("scut", root, "val")
+    assert ds.names == ["q", "p"] and np.array_equal(ds[0][1], label)  # ids used as stored
+    label[1, 1] = 12
+    save(root / "labels" / "q.png", label)
+    with pytest.raises(UnipError, match=r"q\.png: label ids \[12\] are not in \[0, 10\)"):
+        ds[0]
+    with pytest.raises(UnipError, match=r"neither .*images/train/ .* nor .*train\.txt"):
+        open_segset("scut", root, "train")
+    (root / "labels" / "p.png").unlink()
+    with pytest.raises(UnipError, match=r"1 of 2 labels are missing .*: p$"):
+        open_segset("scut", root, "val")
 
 
 def test_scut_unpaired_files_are_listed(tmp_path):
@@ -155,8 +194,8 @@ def test_scut_unpaired_files_are_listed(tmp_path):
     (root / "labels" / "test" / "b.png").unlink()
     with pytest.raises(UnipError, match=r"1 images without a label .*: b$"):
         open_segset("scut", root, "test")
-    with pytest.raises(UnipError, match="scut has splits train, test; got split 'val'"):
-        open_segset("scut", root, "val")
+    with pytest.raises(UnipError, match="scut has splits train, val, test; got split 'dev'"):
+        open_segset("scut", root, "dev")
 
 
 def test_folder_stretches_16_bit_and_converts_rgb(tmp_path):
@@ -405,9 +444,11 @@ def test_train_transform_shapes_and_seed_determinism():
         segaug.train_transform(image, label, np.random.default_rng(s), 32, (128, 32))
         for s in (0, 0, 1, 2, 3)
     ]
-    for out, lab in runs:
+    for out, lab, (h, w) in runs:
         assert out.shape == lab.shape == (32, 32) and out.dtype == lab.dtype == np.uint8
         assert set(np.unique(lab).tolist()) <= {0, 1, 2, 255}
+        assert (out[h:] == 0).all() and (out[:, w:] == 0).all() and (lab[h:] == 255).all()
+    assert any(h < 32 or w < 32 for _, _, (h, w) in runs)  # some draws are padded
     assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     assert any(not np.array_equal(runs[0][0], r[0]) for r in runs[2:])
     assert round(SEG_MEAN, 4) == 96.9255 and round(SEG_STD, 4) == 47.889

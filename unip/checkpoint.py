@@ -9,11 +9,14 @@ Everything loads with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
 
 import torch
+
+from unip.errors import UnipError
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -87,4 +90,14 @@ def latest(out: Path) -> Path | None:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint dict (weights_only); a file torch cannot read is a UnipError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UnipError(f"checkpoint {path} not found") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnipError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(state, dict):
+        raise UnipError(f"{path}: not a unip checkpoint (holds a {type(state).__name__})")
+    return state

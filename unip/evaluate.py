@@ -81,11 +81,19 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
     if not Path(ckpt).is_file():
         raise UnipError(f"--checkpoint {ckpt}: no such file")
     state = load(ckpt)
-    if "config" not in state or "data" not in state.get("config", {}):
-        raise UnipError(f"{ckpt} is not a `unip finetune` checkpoint (no fine-tuning config)")
-    cfg = load_finetune_config(None, [f"device={device}"], data=state["config"])
+    config = state.get("config")
+    if isinstance(config, dict) and "student" in config:
+        raise UnipError(
+            f"{ckpt} is a `unip train` (distillation) checkpoint: `unip eval` takes a fine-tuned "
+            f"one; fine-tune it first (unip finetune CONFIG ... model.checkpoint={ckpt})"
+        )
+    if not isinstance(config, dict) or "backbone_arch" not in state:
+        raise UnipError(f"{ckpt} is not a `unip finetune` checkpoint (no config and architecture)")
+    cfg = load_finetune_config(None, [f"device={device}"], data=config)
     segset = open_split(cfg, data, split)
-    model = build_model(cfg, len(segset.classes))
+    # the architecture the run recorded, without re-reading the pre-training weights (which
+    # the fine-tuned state replaces, and which may be elsewhere or gone by now)
+    model = build_model(cfg, len(segset.classes), arch=state["backbone_arch"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -96,9 +104,21 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=True))
+    tmp.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
     os.replace(tmp, out / "metrics.json")
     return result
+
+
+def json_safe(value):
+    """NaN (a class absent from predictions and labels) as JSON null, which strict parsers
+    accept; everything else as it is."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def print_table(result: dict, console) -> None:

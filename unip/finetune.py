@@ -4,14 +4,15 @@ or many (`torchrun`, DDP).
 The data order is a seeded permutation per epoch of the training split, and every sample's
 augmentation is seeded by its place g in the run's stream, so step s of any rank always sees
 the same crops: a resumed run replays nothing and matches an uninterrupted one. Every image
-and label is read once before training, so a bad file stops the run before its first step,
-naming the file.
+and label of the training and validation splits is read once before training, so a bad file
+stops the run before its first step, naming the file.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def open_split(cfg: FinetuneConfig, root: Path, split: str) -> SegSet:
 
 
 class Crops(Dataset):
-    """set[(index, g)] -> (uint8 (1, crop, crop) image, int64 label), augmented by seed g."""
+    """set[(index, g)] -> (uint8 (1, crop, crop) image, int64 label, int64 (rows, cols) before
+    padding), augmented by seed g."""
 
     def __init__(self, segset: SegSet, cfg: FinetuneConfig):
         self.segset, self.cfg = segset, cfg
@@ -52,10 +54,21 @@ class Crops(Dataset):
         d = self.cfg.data
         rng = np.random.default_rng([self.cfg.seed, g])
         image, label, _ = self.segset[index]
-        image, label = train_transform(
+        image, label, size = train_transform(
             image, label, rng, d.crop, d.scale, d.ratio_range, d.cat_max_ratio
         )
-        return torch.from_numpy(image.copy())[None], torch.from_numpy(label.astype(np.int64))
+        x, y = torch.from_numpy(image.copy())[None], torch.from_numpy(label.astype(np.int64))
+        return x, y, torch.tensor(size)
+
+
+def zero_padding(x: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Set the padded bottom/right of normalised images to 0 in place: mmseg pads after
+    Normalize (pad_val 0), so padding is 0 in the model's input, not a normalised black.
+    `size` is (B, 2) rows and cols before padding."""
+    size = size.to(x.device)
+    rows = torch.arange(x.shape[-2], device=x.device)[None, :, None] < size[:, 0, None, None]
+    cols = torch.arange(x.shape[-1], device=x.device)[None, None, :] < size[:, 1, None, None]
+    return x.mul_((rows & cols)[:, None].to(x.dtype))
 
 
 class StepSampler(Sampler):
@@ -83,10 +96,11 @@ class StepSampler(Sampler):
                 yield perms[epoch][pos], g
 
 
-def lr_factor(step: int, cfg: FinetuneConfig) -> float:
-    """mmcv's poly schedule with linear warmup, as a multiple of each group's peak lr."""
+def lr_factor(step: int, cfg: FinetuneConfig, base_lr: float | None = None) -> float:
+    """mmcv's poly schedule with linear warmup, as a multiple of a group's peak lr `base_lr`
+    (default optim.lr): (base - min_lr) x (1 - step/iters)^power + min_lr, min_lr absolute."""
     o = cfg.optim
-    min_ratio = o.min_lr / o.lr
+    min_ratio = o.min_lr / (o.lr if base_lr is None else base_lr)
     poly = (1 - min_ratio) * (1 - step / o.iterations) ** o.power + min_ratio
     if step < o.warmup_iters:
         return poly * (1 - (1 - step / o.warmup_iters) * (1 - o.warmup_ratio))
@@ -119,19 +133,22 @@ class _Check(Dataset):
         return ""
 
 
-def build_model(cfg: FinetuneConfig, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: FinetuneConfig, num_classes: int, arch: dict | None = None) -> torch.nn.Module:
+    """The run's segmenter: backbone from model.backbone / model.checkpoint, or, with `arch`
+    (a fine-tuning checkpoint's backbone_arch), that architecture with no weights read."""
     from unip.models.segment import build_segmenter
 
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    weights = m.checkpoint
+    weights = m.checkpoint if arch is None else None
     if weights is not None and weights.is_dir():  # a `unip train` run folder: its last step
         weights = checkpoint.latest(weights)
         if weights is None:
             raise UnipError(f"model.checkpoint {m.checkpoint}: a folder without checkpoints/")
     return build_segmenter(
-        m.kind, m.backbone, weights, num_classes, cfg.data.crop, m.drop_path_rate, m.aux
-    )
+        m.kind, m.backbone, weights, num_classes, cfg.data.crop, m.drop_path_rate, m.aux,
+        arch=arch,
+    )  # fmt: skip
 
 
 def make_optimizer(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device):
@@ -140,8 +157,20 @@ def make_optimizer(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.de
     o = cfg.optim
     groups = layer_decay_groups(model, o.lr, o.weight_decay, o.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    lambdas = [partial(lr_factor, cfg=cfg, base_lr=g["lr"]) for g in optimizer.param_groups]
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return optimizer, sched
+
+
+def check_batch(cfg: FinetuneConfig, world: int, sync_bn: bool) -> None:
+    """UperNet's pyramid pooling has BatchNorm on 1x1 maps: one image per BatchNorm batch
+    cannot be normalised, so say so before the run rather than fail in step 1."""
+    per_bn = cfg.data.batch_size * (world if sync_bn else 1)
+    if cfg.model.kind != "linear" and per_bn < 2:
+        raise UnipError(
+            f"data.batch_size={cfg.data.batch_size}: the UperNet head's BatchNorm needs at "
+            "least 2 images per step on each device (or SyncBatchNorm across GPUs)"
+        )
 
 
 def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
@@ -153,7 +182,9 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
     device = pick_device(cfg, d)
     train_set = open_split(cfg, data, cfg.data.train_split)
     val_set = open_split(cfg, data, cfg.data.val_split)
-    check_readable(train_set, cfg.data.workers)
+    check_batch(cfg, d.world, sync_bn=d.world > 1 and device.type == "cuda")
+    for segset in (train_set, val_set):
+        check_readable(segset, cfg.data.workers)
     resume = prepare_out(cfg, out, d, RESUMABLE_CHANGES)
     model = build_model(cfg, len(train_set.classes)).to(device)
     if d.world > 1 and device.type == "cuda":  # (SyncBatchNorm runs on GPUs only)
@@ -182,11 +213,11 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
     result: dict = {}
     model.train()
     t_last, images = time.perf_counter(), 0
-    for x, y in loader:
-        x = to_model_input(x, device, *NORM)
+    for x, y, size in loader:
+        x = zero_padding(to_model_input(x, device, *NORM), size)
         y = y.to(device, non_blocking=True)
         with autocast(cfg, device):
-            losses = seg_loss(ddp(x), y)
+            losses = seg_loss(ddp(x), y, avg_non_ignore=cfg.model.avg_non_ignore)
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -234,4 +265,5 @@ def _payload(cfg, model, optimizer, sched, step: int, best: float) -> dict:
         "best_mIoU": best,
         "rng": checkpoint.rng_state(),
         "config": cfg.model_dump(mode="json"),
+        "backbone_arch": model.backbone.arch,  # `unip eval` rebuilds it without the pre-training
     }

@@ -42,6 +42,9 @@ class SegModelConfig(_Strict):
     checkpoint: Path | None = Field(None, description="Pre-trained backbone weights.")
     drop_path_rate: float = Field(0.1, ge=0, lt=1, description="Stochastic depth.")
     aux: bool = Field(True, description="Auxiliary FCN head on the stride-16 map (x0.4).")
+    avg_non_ignore: bool = Field(
+        False, description="CE mean over labelled pixels only (False: all pixels, as mmseg 0.x)."
+    )
 
 
 class SegOptimConfig(_Strict):

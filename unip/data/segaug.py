@@ -161,10 +161,12 @@ def train_transform(
     scale: tuple[int, int] = SCALE,
     ratio_range: tuple[float, float] = RATIO_RANGE,
     cat_max_ratio: float = 0.75,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The whole train pipeline: (crop, crop) uint8 image and label."""
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The whole train pipeline: (crop, crop) uint8 image and label, and the (rows, cols) of
+    the image before padding. mmseg pads after Normalize, so the padded pixels are 0 in the
+    model's input: the caller zeroes them after normalising (finetune.zero_padding)."""
     image, label = rescale(image, label, rng, scale, ratio_range)
     image, label = random_crop(image, label, rng, crop, cat_max_ratio)
     image, label = flip(image, label, rng)
     image = photometric(image, rng)
-    return pad(image, label, crop)
+    return (*pad(image, label, crop), image.shape)

@@ -23,6 +23,7 @@ from unip.errors import UnipError
 MAX_PIXELS = ProcessConfig.model_fields["max_pixels"].default
 IGNORE = 255
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+THERMAL_DIRS = ("thermal", "thermal_imgs")
 
 SODA_CLASSES = [
     "background", "person", "building", "tree", "road", "pole", "grass", "door", "table",
@@ -35,8 +36,9 @@ MFNET_CLASSES = [
 SCUT_CLASSES = [
     "background", "road", "person", "rider", "car", "truck", "fence", "tree", "bus", "pole",
 ]  # fmt: skip
-# SCUT-Seg labels hold Cityscapes ids; this raw id -> class index table is the convention of
-# the UNIP code release. Every other raw id is ignored (255).
+# The SCUT-Seg release's labels hold Cityscapes ids; this raw id -> class index table gives
+# SCUT_CLASSES' order (the order of UNIP's converted copy). 255 stays ignored; any other id is
+# an error, since it means the labels are not raw SCUT-Seg ids.
 SCUT_LABEL_MAP = {0: 0, 7: 1, 24: 2, 25: 3, 26: 4, 27: 5, 13: 6, 21: 7, 28: 8, 17: 9}
 
 Sample = tuple[np.ndarray, np.ndarray, str]
@@ -130,7 +132,7 @@ def mfnet_thermal(im: Image.Image, path: Path) -> np.ndarray:
     raise UnipError(
         f"{path}: MFNet images must be 4-channel RGB-T PNGs (thermal is the 4th channel), "
         f"got mode {im.mode} with {len(im.getbands())} channel(s); put extracted thermal "
-        "frames in a thermal/ folder beside images/"
+        "frames in a thermal/ (or thermal_imgs/) folder beside images/"
     )
 
 
@@ -145,7 +147,13 @@ def read_label(path: Path, k: int, lut: np.ndarray | None, max_pixels: int) -> n
             raise UnipError(f"{path}: label ids must be in 0..255, found {raw.max()}")
         raw = raw.astype(np.uint8)
     if lut is not None:
-        return lut[raw]
+        out = lut[raw]
+        if (out < 0).any():
+            raise UnipError(
+                f"{path}: label ids {np.unique(raw[out < 0]).tolist()} are not in the label map "
+                f"(it maps {np.flatnonzero(lut >= 0).tolist()}); map them, to 255 to ignore them"
+            )
+        return out.astype(np.uint8)
     values = np.unique(raw)
     bad = values[(values >= k) & (values != IGNORE)]
     if bad.size:
@@ -154,8 +162,10 @@ def read_label(path: Path, k: int, lut: np.ndarray | None, max_pixels: int) -> n
 
 
 def label_lut(label_map: dict[int, int], k: int) -> np.ndarray:
-    """raw id -> class index table; ids not in `label_map` become 255 (ignored)."""
-    lut = np.full(256, IGNORE, np.uint8)
+    """raw id -> class index table (int16): 255 stays 255 unless mapped, ids not in `label_map`
+    are -1, which read_label refuses, so a wrong table never turns labels into 'ignore'."""
+    lut = np.full(256, -1, np.int16)
+    lut[IGNORE] = IGNORE
     for raw, cls in label_map.items():
         if not 0 <= raw <= 255 or not (0 <= cls < k or cls == IGNORE):
             raise UnipError(f"label_map {raw}: {cls} must map 0..255 to [0, {k}) or {IGNORE}")
@@ -221,7 +231,11 @@ def _check_split(kind: str, split: str, allowed: tuple[str, ...]) -> None:
         raise UnipError(f"{kind} has splits {', '.join(allowed)}; got split {split!r}")
 
 
-def _soda(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], Callable]:
+Layout = tuple[list[str], list[Path], list[Path], Callable, dict[int, int] | None]
+"""ids, image files, label files, image reader, default label map (None: ids as stored)."""
+
+
+def _soda(root: Path, split: str) -> Layout:
     _check_split("soda", split, ("train", "test"))
     images, labels = require_dir(root / "JPEGImages"), require_dir(root / "SegmentationClassPNG")
     ids = read_split(root / f"{split}_infrared.txt")
@@ -230,13 +244,15 @@ def _soda(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], Ca
         listed_files(images, ids, (".jpg", ".png"), "images"),
         listed_files(labels, ids, (".png",), "labels"),
         thermal_gray,
+        None,
     )
 
 
-def _mfnet(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], Callable]:
+def _mfnet(root: Path, split: str) -> Layout:
     _check_split("mfnet", split, ("train", "val", "test"))
-    thermal = root / "thermal"
-    images = thermal if thermal.is_dir() else require_dir(root / "images")
+    # extracted thermal frames: thermal/ (ours) or thermal_imgs/ (UNIP's copy), else RGB-T
+    thermal = next((root / n for n in THERMAL_DIRS if (root / n).is_dir()), None)
+    images = thermal or require_dir(root / "images")
     labels = require_dir(root / "labels")
     ids = read_split(root / f"{split}.txt")
     return (
@@ -244,11 +260,29 @@ def _mfnet(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], C
         listed_files(images, ids, (".png",), "images"),
         listed_files(labels, ids, (".png",), "labels"),
         thermal_gray if images == thermal else mfnet_thermal,
+        None,
     )
 
 
-def _scut(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], Callable]:
-    _check_split("scut", split, ("train", "test"))
+def _scut(root: Path, split: str) -> Layout:
+    """The release's `images/<split>/`, `labels/<split>/` with Cityscapes ids (remapped), or a
+    converted copy as UNIP's configs read it: `images/`, `labels/` with ids 0-9, `<split>.txt`."""
+    _check_split("scut", split, ("train", "val", "test"))
+    if not (root / "images" / split).is_dir() and (root / f"{split}.txt").is_file():
+        ids = read_split(root / f"{split}.txt")
+        images, labels = require_dir(root / "images"), require_dir(root / "labels")
+        return (
+            ids,
+            listed_files(images, ids, (".jpg", ".png"), "images"),
+            listed_files(labels, ids, (".png",), "labels"),
+            thermal_gray,
+            None,
+        )
+    if not (root / "images" / split).is_dir():
+        raise UnipError(
+            f"scut split {split!r}: neither {root / 'images' / split}/ (the release's layout) "
+            f"nor {root / f'{split}.txt'} (images/ + labels/ with ids 0-9) found"
+        )
     images = require_dir(root / "images" / split)
     labels = require_dir(root / "labels" / split)
     by_stem = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in (".jpg", ".png")}
@@ -263,10 +297,11 @@ def _scut(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], Ca
     ids = sorted(by_stem)
     if not ids:
         raise UnipError(f"scut {split}: no images in {images}")
-    return ids, [by_stem[i] for i in ids], [labels / f"{i}.png" for i in ids], thermal_gray
+    images_of = [by_stem[i] for i in ids]
+    return ids, images_of, [labels / f"{i}.png" for i in ids], thermal_gray, SCUT_LABEL_MAP
 
 
-def _folder(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], Callable]:
+def _folder(root: Path, split: str) -> Layout:
     if not split or "/" in split or "\\" in split or split.startswith("."):
         raise UnipError(f"split must be a plain name (the file <split>.txt), got {split!r}")
     images, labels = require_dir(root / "images"), require_dir(root / "labels")
@@ -277,6 +312,7 @@ def _folder(root: Path, split: str) -> tuple[list[str], list[Path], list[Path], 
         listed_files(images, ids, exts, "images"),
         listed_files(labels, ids, (".png",), "labels"),
         thermal_gray,
+        None,
     )
 
 
@@ -299,8 +335,9 @@ def open_segset(
         root: the dataset folder.
         split: train / val / test as the kind has them; for folder, any `<split>.txt`.
         classes: class names, required for folder; for the others, the paper's lists.
-        label_map: raw label id -> class index, others ignored (default: SCUT_LABEL_MAP for
-            scut, labels used as stored otherwise).
+        label_map: raw label id -> class index (255 to ignore); an id it does not list is an
+            error when read (default: SCUT_LABEL_MAP for the SCUT-Seg release's layout, labels
+            used as stored otherwise).
         max_pixels: images and labels whose header claims more pixels are refused.
     """
     if kind not in KINDS:
@@ -314,9 +351,8 @@ def open_segset(
         classes = DEFAULT_CLASSES[kind]
     if not 1 <= len(classes) <= 255:
         raise UnipError(f"{len(classes)} classes; uint8 labels hold 1..255 (255 is ignore)")
-    if label_map is None and kind == "scut":
-        label_map = SCUT_LABEL_MAP
-    lut = None if label_map is None else label_lut(label_map, len(classes))
     root = require_dir(Path(root))
-    names, images, labels, reader = KINDS[kind](root, split)
+    names, images, labels, reader, default_map = KINDS[kind](root, split)
+    label_map = default_map if label_map is None else label_map
+    lut = None if label_map is None else label_lut(label_map, len(classes))
     return SegSet(kind, root, split, list(classes), names, images, labels, reader, lut, max_pixels)

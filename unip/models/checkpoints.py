@@ -75,7 +75,8 @@ def load_vit(
     With only a checkpoint, the architecture comes from its shapes (width, depth, patch, image
     size, MLP ratio, qkv bias, tokens) and the head count from `num_heads` or DEFAULT_HEADS;
     official UNIP files name their student in `args.model` (and `args.last_heads`), `unip train`
-    checkpoints in `config.student`. A checkpoint wins over `pretrained`.
+    checkpoints in `config.student`. A checkpoint wins over `pretrained`. The resolved name
+    and kwargs are kept in `model.unip_arch` (see create_vit).
     """
     if name is None and checkpoint is None:
         raise UnipError("load_vit needs a timm model name, a checkpoint, or both")
@@ -83,6 +84,7 @@ def load_vit(
     if checkpoint is None:
         model = _create(name, pretrained=pretrained, **kw)
         check_supported(model, name)
+        model.unip_arch = {"name": name, "kwargs": dict(kw)}
         return model
     state, meta = read_checkpoint(checkpoint)
     _refuse_unsupported_keys(state, checkpoint)
@@ -96,6 +98,16 @@ def load_vit(
     model = _create(name, pretrained=False, **kw)
     check_supported(model, name)
     load_strict(model, state, str(checkpoint))
+    model.unip_arch = {"name": name, "kwargs": dict(kw)}
+    return model
+
+
+def create_vit(arch: dict) -> VisionTransformer:
+    """The architecture `load_vit` recorded in `model.unip_arch`, randomly initialised: what a
+    fine-tuning checkpoint rebuilds its backbone from, without the pre-training weights."""
+    model = _create(arch["name"], pretrained=False, **arch["kwargs"])
+    check_supported(model, arch["name"])
+    model.unip_arch = {"name": arch["name"], "kwargs": dict(arch["kwargs"])}
     return model
 
 

@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from unip.errors import UnipError
-from unip.models.checkpoints import check_supported, load_vit, parse_spec
+from unip.models.checkpoints import check_supported, create_vit, load_vit, parse_spec
 from unip.models.seg_heads import FCNHead, LastLayerFPN, MultiLayerFPN, UperHead
 from unip.models.student import sincos_pos_embed
 
@@ -59,6 +59,7 @@ class ViTBackbone(nn.Module):
         model.norm = model.fc_norm = model.head = model.head_drop = nn.Identity()
         model.attn_pool = None
         self.model = model
+        self.arch = getattr(model, "unip_arch", None)  # how to rebuild it without its weights
         self.out_indices = out_indices
         self.embed_dim = model.embed_dim
         self.patch_size = model.patch_embed.patch_size
@@ -129,13 +130,15 @@ def build_backbone(
     NAME=CHECKPOINT; see parse_spec) built at `img_size` (the training crop): a checkpoint's
     position embedding is resampled (learned) or regenerated (UNIP sin-cos) for that crop.
     `out_indices` defaults to the last block."""
-    model = _load(spec, checkpoint, img_size, drop_path_rate)
+    model = _load(spec, checkpoint, img_size, drop_path_rate, None)
     return ViTBackbone(model, out_indices if out_indices is not None else (len(model.blocks) - 1,))
 
 
 def _load(
-    spec: str, checkpoint: Path | None, img_size: int, drop_path_rate: float
+    spec: str, checkpoint: Path | None, img_size: int, drop_path_rate: float, arch: dict | None
 ) -> VisionTransformer:
+    if arch is not None:  # a fine-tuned model's recorded architecture: its weights come later
+        return create_vit({**arch, "kwargs": {**arch["kwargs"], "drop_path_rate": drop_path_rate}})
     name, spec_ckpt, pretrained = parse_spec(spec)
     return load_vit(
         name,
@@ -153,26 +156,37 @@ def valid_region(logits: torch.Tensor, x: torch.Tensor, stride: int) -> torch.Te
 
 
 def cross_entropy(
-    logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    ignore_index: int = 255,
+    avg_non_ignore: bool = False,
 ) -> torch.Tensor:
-    """Pixel CE, logits bilinearly upsampled to the label (align_corners=False, as mmseg), mean
-    over non-ignored pixels (mmseg's avg_non_ignore=True; 0 when every pixel is ignored)."""
+    """Pixel CE, logits bilinearly upsampled to the label (align_corners=False, as mmseg).
+
+    The mean is over every pixel, ignored ones adding 0, as mmseg 0.x (the UNIP and BEiT code)
+    reduces it; `avg_non_ignore` divides by the labelled pixels instead (mmseg's option of that
+    name). 0 when every pixel is ignored."""
     logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
     label = label.long()
     total = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="sum")
-    return total / (label != ignore_index).sum().clamp(min=1)
+    count = (label != ignore_index).sum().clamp(min=1) if avg_non_ignore else label.numel()
+    return total / count
 
 
 def seg_loss(
-    output: SegOutput, label: torch.Tensor, ignore_index: int = 255, aux_weight: float = AUX_WEIGHT
+    output: SegOutput,
+    label: torch.Tensor,
+    ignore_index: int = 255,
+    aux_weight: float = AUX_WEIGHT,
+    avg_non_ignore: bool = False,
 ) -> dict[str, torch.Tensor]:
     """{"loss": decode CE + aux_weight * aux CE, "loss_decode", and "loss_aux" with an aux head}
     from a model's output (a logits tensor, or the (logits, aux) pair of training mode)."""
     logits, aux = output if isinstance(output, tuple) else (output, None)
-    losses = {"loss_decode": cross_entropy(logits, label, ignore_index)}
+    losses = {"loss_decode": cross_entropy(logits, label, ignore_index, avg_non_ignore)}
     losses["loss"] = losses["loss_decode"]
     if aux is not None:
-        losses["loss_aux"] = cross_entropy(aux, label, ignore_index)
+        losses["loss_aux"] = cross_entropy(aux, label, ignore_index, avg_non_ignore)
         losses["loss"] = losses["loss"] + aux_weight * losses["loss_aux"]
     return losses
 
@@ -247,18 +261,20 @@ def build_segmenter(
     drop_path_rate: float = 0.1,
     aux: bool = True,
     out_indices: Sequence[int] | None = None,
+    arch: dict | None = None,
 ) -> nn.Module:
     """A Segmenter (`llfpn`: LL-FPN over the last block; `multilayer`: BEiT's neck over 4 blocks)
     or a LinearProbe (`linear`: 4 blocks, frozen, so no drop path and no aux head) over the
-    backbone of `backbone_spec` (see build_backbone). `out_indices` overrides the blocks."""
+    backbone of `backbone_spec` (see build_backbone). `out_indices` overrides the blocks.
+    With `arch` (a fine-tuned model's `backbone.arch`) the backbone is built from that record,
+    randomly initialised, and neither the spec nor a checkpoint is read."""
     if num_classes < 1:
         raise UnipError(f"num_classes must be >= 1, got {num_classes}")
     if kind not in ("llfpn", "multilayer", "linear"):
         raise UnipError(f"unknown segmenter kind {kind!r}: choose llfpn, multilayer or linear")
-    if kind == "linear":  # frozen and in eval mode: drop path would never act
-        model = _load(backbone_spec, checkpoint, img_size, drop_path_rate=0.0)
-    else:
-        model = _load(backbone_spec, checkpoint, img_size, drop_path_rate)
+    # a linear probe's backbone is frozen and in eval mode: drop path would never act
+    rate = 0.0 if kind == "linear" else drop_path_rate
+    model = _load(backbone_spec, checkpoint, img_size, rate, arch)
     depth = len(model.blocks)
     if out_indices is None:
         out_indices = (depth - 1,) if kind == "llfpn" else default_out_indices(depth)
