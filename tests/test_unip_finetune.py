@@ -71,6 +71,7 @@ def test_recipes_validate_with_the_papers_schedules():
         assert cfg.model.kind == ("linear" if linear else "llfpn")
         assert cfg.optim.layer_decay == (1.0 if linear else 0.85)
         assert cfg.optim.lr == 1e-4 and cfg.optim.warmup_iters == 1500  # UNIP's configs
+        assert cfg.eval.every == 800
 
 
 def test_config_errors_name_the_key():
