@@ -224,6 +224,15 @@ def test_ddp_with_two_cpu_processes(segset, tmp_path):
     ddp_miou = [r for r in rows(out) if "val/mIoU" in r][-1]["val/mIoU"]
     single = run_eval(out / "checkpoints/step-00000003.pt", segset, "test", tmp_path / "e", "cpu")
     assert single["mIoU"] == pytest.approx(ddp_miou)
+    # `torchrun -m unip eval`: ranks share the split, rank 0 writes and prints, once
+    cmd = [*cmd[:8], "eval", "--checkpoint", str(out / "checkpoints/step-00000003.pt")]
+    cmd += ["--data", str(segset), "--split", "test", "--out", str(tmp_path / "e2")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count('"mIoU"') == 1
+    written = json.loads((tmp_path / "e2/metrics.json").read_text())
+    assert written["mIoU"] == pytest.approx(single["mIoU"]) and written["IoU"] == single["IoU"]
+    assert len(list((tmp_path / "e2/predictions").glob("*.png"))) == 2  # eval.overlays
 
 
 def test_unip_eval_needs_only_the_fine_tuned_checkpoint(segset, tmp_path, monkeypatch):

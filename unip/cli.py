@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -186,8 +187,9 @@ def evaluate(
     from unip.evaluate import print_table, run_eval
 
     result = _expected_failures(lambda: run_eval(checkpoint, data, split, out, device))
-    print_table(result, Console())
-    typer.echo(json.dumps({"mIoU": result["mIoU"], "aAcc": result["aAcc"], "out": str(out)}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print_table(result, Console())
+        typer.echo(json.dumps({"mIoU": result["mIoU"], "aAcc": result["aAcc"], "out": str(out)}))
 
 
 @app.command(name="demo-segset")
@@ -205,8 +207,6 @@ def demo_segset(
 
 def _expected_failures(fn):
     """Run fn; a UnipError prints one line and exits 1 (UNIP_DEBUG=1: the traceback)."""
-    import os
-
     from unip.errors import UnipError
 
     try:

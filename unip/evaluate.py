@@ -43,7 +43,7 @@ def evaluate(model, segset: SegSet, cfg, device, d=None, overlays_to: Path | Non
                 out_size=label.shape, batch_windows=4,
             )[0].cpu()  # fmt: skip
         metric.update(pred, torch.from_numpy(label.astype(np.int64)))
-        if overlays_to is not None and shown < cfg.eval.overlays:
+        if overlays_to is not None and rank == 0 and shown < cfg.eval.overlays:
             write_overlay(overlays_to / "predictions" / f"{name}.png", image, pred, label, segset)
             shown += 1
     metric.all_reduce()
@@ -72,11 +72,14 @@ def write_overlay(path: Path, image, pred: torch.Tensor, label, segset: SegSet) 
 
 def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto") -> dict:
     """`unip eval`: rebuild the model a fine-tuning checkpoint was trained as, load it
-    strictly, evaluate `split`, write metrics.json and overlays under `out`."""
+    strictly, evaluate `split`, write metrics.json and overlays under `out`. Under torchrun
+    each rank evaluates its share of the split, the counts are summed and rank 0 writes."""
+    import torch.distributed as dist
+
     from unip.checkpoint import load
     from unip.finetune import build_model, open_split
     from unip.segconfig import load_finetune_config
-    from unip.train import Dist, pick_device
+    from unip.train import init_distributed, pick_device
 
     if not Path(ckpt).is_file():
         raise UnipError(f"--checkpoint {ckpt}: no such file")
@@ -98,14 +101,19 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UnipError(f"{ckpt} does not match the model its config builds: {e}") from None
-    dev = pick_device(cfg, Dist())
-    result = evaluate(model.to(dev), segset, cfg, dev, None, Path(out))
+    d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    dev = pick_device(cfg, d)
+    result = evaluate(model.to(dev), segset, cfg, dev, d, Path(out))
     result.update(checkpoint=str(ckpt), split=split, step=state.get("step"))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
-    os.replace(tmp, out / "metrics.json")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
+        os.replace(tmp, out / "metrics.json")
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return result
 
 
