@@ -185,6 +185,10 @@ def test_unip_eval_errors_are_one_line(segset, tmp_path):
     torch.save({"model": {}}, bogus)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
+    import argparse
+
+    official = tmp_path / "unip_small.pth"  # as official UNIP/MAE files: an args Namespace
+    torch.save({"model": {}, "args": argparse.Namespace(model="unip_vit_small")}, official)
     distilled = tmp_path / "step-00000001.pt"
     torch.save({"model": {}, "config": {"student": {"model": "unip_vit_tiny_patch16"}}}, distilled)
     cases = (
@@ -192,6 +196,7 @@ def test_unip_eval_errors_are_one_line(segset, tmp_path):
         (bogus, "not a `unip finetune`"),
         (garbage, "garbage.pt: not a readable checkpoint"),
         (distilled, "is a `unip train` (distillation) checkpoint"),
+        (official, "unip_small.pth is not a `unip finetune` checkpoint"),
     )
     for ckpt, message in cases:
         r = CliRunner().invoke(
@@ -232,7 +237,8 @@ def test_ddp_with_two_cpu_processes(segset, tmp_path):
     assert p.stdout.count('"mIoU"') == 1
     written = json.loads((tmp_path / "e2/metrics.json").read_text())
     assert written["mIoU"] == pytest.approx(single["mIoU"]) and written["IoU"] == single["IoU"]
-    assert len(list((tmp_path / "e2/predictions").glob("*.png"))) == 2  # eval.overlays
+    first = (segset / "test.txt").read_text().split()[:2]  # eval.overlays: the split's first
+    assert sorted(p.stem for p in (tmp_path / "e2/predictions").glob("*.png")) == sorted(first)
 
 
 def test_unip_eval_needs_only_the_fine_tuned_checkpoint(segset, tmp_path, monkeypatch):
@@ -260,6 +266,33 @@ def test_unip_eval_needs_only_the_fine_tuned_checkpoint(segset, tmp_path, monkey
     shutil.rmtree(tmp_path / "distill")
     monkeypatch.chdir(moved.parent)
     again = run_eval(moved, segset, "test", tmp_path / "ev", "cpu")
+    assert again["mIoU"] == pytest.approx(result["mIoU"])
+
+
+def test_an_architecture_record_takes_only_plain_known_keys():
+    from unip.models.checkpoints import check_arch, create_vit
+
+    ok = {"name": "unip_vit_tiny_patch16", "kwargs": {"img_size": 64, "last_heads": 4}}
+    assert create_vit(ok).blocks[-1].attn.num_heads == 4
+    for bad in (
+        {"name": "vit_tiny_patch16_224", "kwargs": {"checkpoint_path": "/etc/passwd"}},
+        {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": object()}},
+        {"name": 3, "kwargs": {}},
+        {"kwargs": None},
+    ):
+        with pytest.raises(UnipError, match="architecture record"):
+            check_arch(bad)
+
+
+def test_a_checkpoint_without_an_architecture_record_rebuilds_from_the_config(segset, tmp_path):
+    from unip.evaluate import run_eval
+
+    cfg = load_finetune_config(None, ["optim.iterations=2"], data=tiny())
+    result = finetune(cfg, segset, tmp_path / "run")
+    state = torch.load(tmp_path / "run/best.pt", weights_only=True)
+    del state["backbone_arch"]  # as written before architectures were recorded
+    torch.save(state, tmp_path / "old.pt")
+    again = run_eval(tmp_path / "old.pt", segset, "test", tmp_path / "ev", "cpu")
     assert again["mIoU"] == pytest.approx(result["mIoU"])
 
 
@@ -354,3 +387,21 @@ def test_metrics_json_is_strict_json():
 
     text = json.dumps(json_safe({"mIoU": 50.0, "IoU": [float("nan"), 1.0]}), allow_nan=False)
     assert json.loads(text) == {"mIoU": 50.0, "IoU": [None, 1.0]}
+
+
+def test_label_map_from_the_config(tmp_path):
+    from unip.finetune import open_split
+
+    root = tmp_path / "own"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.fromarray(np.full((4, 4), 90, np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(np.array([[0, 5, 9, 255]] * 4, np.uint8)).save(root / "labels" / "a.png")
+    (root / "train.txt").write_text("a\n")
+    (root / "classes.txt").write_text("bg\nthing\n")
+    cfg = load_finetune_config(None, ["data.label_map={0: 0, 5: 1, 9: 255}"], data=tiny())
+    _, label, _ = open_split(cfg, root, "train")[0]
+    assert label[0].tolist() == [0, 1, 255, 255]
+    cfg = load_finetune_config(None, ["data.label_map={0: 0, 5: 1}"], data=tiny())
+    with pytest.raises(UnipError, match=r"label ids \[9\] are not in .*data\.label_map"):
+        open_split(cfg, root, "train")[0]

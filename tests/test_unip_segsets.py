@@ -161,6 +161,8 @@ def test_scut_ids_that_are_not_cityscapes_ids_are_an_error(tmp_path):
     ds = open_segset("scut", scut_root(tmp_path, converted), "test")
     with pytest.raises(UnipError, match=r"c\.png: label ids \[1, 2, 3, 4, 5, 6, 8, 9\] are not"):
         ds[2]
+    with pytest.raises(UnipError, match=r"converted to 0-9 belong in the split-file layout"):
+        ds[2]
 
 
 def test_scut_converted_copy_in_unips_layout(tmp_path):

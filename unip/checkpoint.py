@@ -8,11 +8,13 @@ Everything loads with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -90,14 +92,38 @@ def latest(out: Path) -> Path | None:
 
 
 def load(path: Path) -> dict:
-    """A checkpoint dict (weights_only); a file torch cannot read is a UnipError naming it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UnipError(f"checkpoint {path} not found") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnipError(f"{path}: not a readable checkpoint ({first})") from None
+    """A unip checkpoint's dict (see read)."""
+    state = read(path)
     if not isinstance(state, dict):
         raise UnipError(f"{path}: not a unip checkpoint (holds a {type(state).__name__})")
     return state
+
+
+def read(path: Path) -> Any:
+    """The object in a torch checkpoint file: torch.load with weights_only=True, with only
+    argparse.Namespace (in MAE/DINO/UNIP files) allow-listed; anything else pickled is refused,
+    never unpickled. A file that cannot be read is a UnipError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnipError(f"checkpoint {path} not found")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(str(e))
+        if reason.startswith("Unsupported global"):
+            raise UnipError(
+                f"{path}: refused to load: it holds pickled objects outside the allow-list "
+                f"(torch.load weights_only=True; only argparse.Namespace is added): "
+                f"{reason.split(' was not')[0]}"
+            ) from None
+        raise UnipError(f"{path}: not a readable checkpoint ({reason})") from None
+    except Exception as e:  # truncated or foreign files fail in many ways (struct, zip, EOF)
+        raise UnipError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _unpickler_reason(message: str) -> str:
+    """The one informative line of torch's weights_only error (after 'WeightsUnpickler error:')."""
+    _, _, tail = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (tail or message).splitlines() if line.strip()]
+    return lines[0] if lines else "unpickling failed"

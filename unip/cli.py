@@ -184,12 +184,13 @@ def evaluate(
     """Evaluate a fine-tuned checkpoint: sliding-window mIoU, per-class table, overlays."""
     from rich.console import Console
 
-    from unip.evaluate import print_table, run_eval
+    from unip.evaluate import json_safe, print_table, run_eval
 
     result = _expected_failures(lambda: run_eval(checkpoint, data, split, out, device))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print_table(result, Console())
-        typer.echo(json.dumps({"mIoU": result["mIoU"], "aAcc": result["aAcc"], "out": str(out)}))
+        summary = {"mIoU": result["mIoU"], "aAcc": result["aAcc"], "out": str(out)}
+        typer.echo(json.dumps(json_safe(summary)))
 
 
 @app.command(name="demo-segset")

@@ -32,7 +32,6 @@ def evaluate(model, segset: SegSet, cfg, device, d=None, overlays_to: Path | Non
     rank, world = (d.rank, d.world) if d is not None else (0, 1)
     model.eval()
     metric = SegMetric(len(segset.classes))
-    shown = 0
     for i in range(rank, len(segset), world):
         image, label, name = segset[i]
         x = torch.from_numpy(test_resize(image, cfg.data.scale).copy())[None, None]
@@ -43,9 +42,8 @@ def evaluate(model, segset: SegSet, cfg, device, d=None, overlays_to: Path | Non
                 out_size=label.shape, batch_windows=4,
             )[0].cpu()  # fmt: skip
         metric.update(pred, torch.from_numpy(label.astype(np.int64)))
-        if overlays_to is not None and rank == 0 and shown < cfg.eval.overlays:
+        if overlays_to is not None and i < cfg.eval.overlays:  # the split's first, on any rank
             write_overlay(overlays_to / "predictions" / f"{name}.png", image, pred, label, segset)
-            shown += 1
     metric.all_reduce()
     return {**metric.compute(), "classes": list(segset.classes), "images": len(segset)}
 
@@ -90,13 +88,17 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
             f"{ckpt} is a `unip train` (distillation) checkpoint: `unip eval` takes a fine-tuned "
             f"one; fine-tune it first (unip finetune CONFIG ... model.checkpoint={ckpt})"
         )
-    if not isinstance(config, dict) or "backbone_arch" not in state:
-        raise UnipError(f"{ckpt} is not a `unip finetune` checkpoint (no config and architecture)")
+    if not isinstance(config, dict) or "data" not in config:
+        raise UnipError(
+            f"{ckpt} is not a `unip finetune` checkpoint (no fine-tuning config); a pre-trained "
+            "backbone goes in model.checkpoint of `unip finetune`"
+        )
     cfg = load_finetune_config(None, [f"device={device}"], data=config)
     segset = open_split(cfg, data, split)
     # the architecture the run recorded, without re-reading the pre-training weights (which
-    # the fine-tuned state replaces, and which may be elsewhere or gone by now)
-    model = build_model(cfg, len(segset.classes), arch=state["backbone_arch"])
+    # the fine-tuned state replaces, and which may be elsewhere or gone by now); a checkpoint
+    # written before architectures were recorded rebuilds from model.checkpoint as it did
+    model = build_model(cfg, len(segset.classes), arch=state.get("backbone_arch"))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -36,7 +36,7 @@ def open_split(cfg: FinetuneConfig, root: Path, split: str) -> SegSet:
     classes = cfg.data.classes
     if isinstance(classes, str):
         classes = read_classes(Path(root) / classes)
-    return open_segset(cfg.data.kind, Path(root), split, classes=classes)
+    return open_segset(cfg.data.kind, Path(root), split, classes, cfg.data.label_map)
 
 
 class Crops(Dataset):
@@ -136,6 +136,7 @@ class _Check(Dataset):
 def build_model(cfg: FinetuneConfig, num_classes: int, arch: dict | None = None) -> torch.nn.Module:
     """The run's segmenter: backbone from model.backbone / model.checkpoint, or, with `arch`
     (a fine-tuning checkpoint's backbone_arch), that architecture with no weights read."""
+    from unip.models.checkpoints import check_arch
     from unip.models.segment import build_segmenter
 
     torch.manual_seed(cfg.seed)
@@ -145,10 +146,12 @@ def build_model(cfg: FinetuneConfig, num_classes: int, arch: dict | None = None)
         weights = checkpoint.latest(weights)
         if weights is None:
             raise UnipError(f"model.checkpoint {m.checkpoint}: a folder without checkpoints/")
-    return build_segmenter(
+    model = build_segmenter(
         m.kind, m.backbone, weights, num_classes, cfg.data.crop, m.drop_path_rate, m.aux,
         arch=arch,
     )  # fmt: skip
+    check_arch(model.backbone.arch)  # what `unip eval` will rebuild it from: refused now, not then
+    return model
 
 
 def make_optimizer(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device):

@@ -22,6 +22,9 @@ class SegDataConfig(_Strict):
     classes: list[str] | str | None = Field(
         None, description="Class names, or a classes.txt under --data (folder sets only)."
     )
+    label_map: dict[int, int] | None = Field(
+        None, description="Raw label id -> class (255: ignore); default: the kind's own."
+    )
     train_split: str = Field("train", description="Split trained on.")
     val_split: str = Field("test", description="Split evaluated during training.")
     crop: int = Field(512, ge=32, description="Random crop side (also the sliding window).")

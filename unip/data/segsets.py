@@ -24,6 +24,11 @@ MAX_PIXELS = ProcessConfig.model_fields["max_pixels"].default
 IGNORE = 255
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 THERMAL_DIRS = ("thermal", "thermal_imgs")
+SET_LABEL_MAP = "map them in data.label_map (to 255 to ignore them)"
+SCUT_HINT = (
+    "these are not the SCUT-Seg release's Cityscapes ids: labels already converted to 0-9 "
+    "belong in the split-file layout (images/, labels/, <split>.txt), or " + SET_LABEL_MAP
+)
 
 SODA_CLASSES = [
     "background", "person", "building", "tree", "road", "pole", "grass", "door", "table",
@@ -59,6 +64,7 @@ class SegSet:
     read_image: Callable[[Image.Image, Path], np.ndarray]
     lut: np.ndarray | None = None
     max_pixels: int = MAX_PIXELS
+    lut_hint: str = ""  # said when a label holds an id the lut does not map
     palette: list[tuple[int, int, int]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +75,9 @@ class SegSet:
 
     def __getitem__(self, i: int) -> Sample:
         image = self.read_image(open_checked(self.images[i], self.max_pixels), self.images[i])
-        label = read_label(self.labels[i], len(self.classes), self.lut, self.max_pixels)
+        label = read_label(
+            self.labels[i], len(self.classes), self.lut, self.max_pixels, self.lut_hint
+        )
         if image.shape != label.shape:
             raise UnipError(
                 f"{self.labels[i]}: label is {label.shape[1]}x{label.shape[0]} but its image "
@@ -136,7 +144,9 @@ def mfnet_thermal(im: Image.Image, path: Path) -> np.ndarray:
     )
 
 
-def read_label(path: Path, k: int, lut: np.ndarray | None, max_pixels: int) -> np.ndarray:
+def read_label(
+    path: Path, k: int, lut: np.ndarray | None, max_pixels: int, hint: str = ""
+) -> np.ndarray:
     """Single-channel class ids (L, P or 16-bit PNG), remapped by `lut` when given."""
     im = open_checked(path, max_pixels)
     if im.mode not in ("L", "P", "I;16", "I"):
@@ -151,7 +161,7 @@ def read_label(path: Path, k: int, lut: np.ndarray | None, max_pixels: int) -> n
         if (out < 0).any():
             raise UnipError(
                 f"{path}: label ids {np.unique(raw[out < 0]).tolist()} are not in the label map "
-                f"(it maps {np.flatnonzero(lut >= 0).tolist()}); map them, to 255 to ignore them"
+                f"(which maps {np.flatnonzero(lut >= 0).tolist()}); {hint or SET_LABEL_MAP}"
             )
         return out.astype(np.uint8)
     values = np.unique(raw)
@@ -353,6 +363,9 @@ def open_segset(
         raise UnipError(f"{len(classes)} classes; uint8 labels hold 1..255 (255 is ignore)")
     root = require_dir(Path(root))
     names, images, labels, reader, default_map = KINDS[kind](root, split)
+    hint = SCUT_HINT if kind == "scut" and label_map is None else ""
     label_map = default_map if label_map is None else label_map
     lut = None if label_map is None else label_lut(label_map, len(classes))
-    return SegSet(kind, root, split, list(classes), names, images, labels, reader, lut, max_pixels)
+    return SegSet(
+        kind, root, split, list(classes), names, images, labels, reader, lut, max_pixels, hint
+    )

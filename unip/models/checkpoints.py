@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
+from unip.checkpoint import read as read_torch_checkpoint
 from unip.errors import UnipError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
@@ -102,9 +102,31 @@ def load_vit(
     return model
 
 
+def check_arch(arch: dict) -> None:
+    """Raise unless `arch` is {"name": str | None, "kwargs": {ARCH_KEYS: plain values}}."""
+    name, kwargs = arch.get("name"), arch.get("kwargs")
+    plain = (int, float, bool, str, type(None))
+    if not (name is None or isinstance(name, str)) or not isinstance(kwargs, dict):
+        raise UnipError(f"not a model architecture record: {arch!r:.200}")
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if key not in ARCH_KEYS or not all(isinstance(v, plain) for v in values):
+            raise UnipError(f"model architecture record: {key}={value!r:.80} is not accepted")
+
+
+# what load_vit's callers and _arch_from_checkpoint / infer_vit_kwargs put in an architecture
+ARCH_KEYS = {
+    "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+    "class_token", "reg_tokens", "pre_norm", "init_values", "no_embed_class", "pos_embed",
+    "global_pool", "num_classes", "drop_path_rate", "last_heads",
+}  # fmt: skip
+
+
 def create_vit(arch: dict) -> VisionTransformer:
     """The architecture `load_vit` recorded in `model.unip_arch`, randomly initialised: what a
-    fine-tuning checkpoint rebuilds its backbone from, without the pre-training weights."""
+    fine-tuning checkpoint rebuilds its backbone from, without the pre-training weights. Only
+    ARCH_KEYS with plain values are accepted, so a record can never make timm read a file."""
+    check_arch(arch)
     model = _create(arch["name"], pretrained=False, **arch["kwargs"])
     check_supported(model, arch["name"])
     model.unip_arch = {"name": arch["name"], "kwargs": dict(arch["kwargs"])}
@@ -156,33 +178,16 @@ def _checkpoint_meta(obj: Any) -> dict[str, Any]:
 
 
 def load_checkpoint_file(path: Path) -> Any:
-    """The object in a checkpoint file: safetensors, or torch.load with weights_only=True and
-    only argparse.Namespace allow-listed; anything else pickled is refused, never unpickled."""
+    """The object in a checkpoint file: safetensors, or unip.checkpoint.read (torch.load with
+    weights_only=True, only argparse.Namespace allow-listed)."""
+    if path.suffix != ".safetensors":
+        return read_torch_checkpoint(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
-            return load_file(path)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = _unpickler_reason(str(e))
-        if reason.startswith("Unsupported global"):
-            raise UnipError(
-                f"{path}: refused to load: it holds pickled objects outside the allow-list "
-                f"(torch.load weights_only=True; only argparse.Namespace is added): "
-                f"{reason.split(' was not')[0]}"
-            ) from None
-        raise UnipError(f"{path}: not a readable checkpoint ({reason})") from None
-    except Exception as e:  # truncated or foreign files fail in many ways (struct, zip, EOF)
+        return load_file(path)
+    except Exception as e:  # truncated or foreign files
         raise UnipError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-
-def _unpickler_reason(message: str) -> str:
-    """The one informative line of torch's weights_only error (after 'WeightsUnpickler error:')."""
-    _, _, tail = message.partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in (tail or message).splitlines() if line.strip()]
-    return lines[0] if lines else "unpickling failed"
 
 
 def _select_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
