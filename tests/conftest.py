@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from infmix.config import load_config
@@ -33,3 +34,12 @@ def demo_config_dict(demo_root: Path, near: bool = False, **process) -> dict:
 @pytest.fixture
 def demo_cfg(demo_root):
     return load_config(None, data=demo_config_dict(demo_root))
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every weight (norm gains, biases, tokens too) so no term is trivially 0 or 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from infmix.config import _set_override
 from unip.errors import UnipError
 from unip.finetune import StepSampler, finetune, lr_factor
 from unip.segconfig import load_finetune_config
@@ -33,11 +34,7 @@ def tiny(**over) -> dict:
     }
     cfg["data"].update(batch_size=2, workers=0)
     for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
+        _set_override(cfg, key, value)
     return cfg
 
 

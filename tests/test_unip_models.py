@@ -14,20 +14,12 @@ import timm
 import torch
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 
+from tests.conftest import randomise
 from unip.errors import UnipError
 from unip.models import STUDENTS, create_student, create_teacher, load_vit, parse_spec
 from unip.models.checkpoints import check_supported
 
 IMG = 64
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every weight (norm gains, biases, tokens too) so no term is trivially 0 or 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 def tiny_vit(**kw) -> VisionTransformer:

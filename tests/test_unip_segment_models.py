@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from tests.conftest import randomise
 from unip.errors import UnipError
 from unip.models import create_student
 from unip.models.seg_heads import FCNHead, LastLayerFPN, MultiLayerFPN, UperHead
@@ -32,14 +33,6 @@ from unip.models.segment import (
 )
 
 DIM = 32
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 def tiny_vit(**kw) -> VisionTransformer:

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from infmix.build import build
-from infmix.config import load_config
+from infmix.config import _set_override, load_config
 from tests.conftest import REPO, demo_config_dict
 from unip import checkpoint
 from unip.cli import app
@@ -42,11 +42,7 @@ def tiny(**over) -> dict:
     data["data"].update(image_size=32, batch_size=4, workers=0)
     data["optim"].update(batch_size=8, base_lr=0.05, epochs=4, warmup_epochs=0.5)
     for key, value in over.items():
-        node = data
-        *path, last = key.split(".")
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = value
+        _set_override(data, key, value)
     return data
 
 

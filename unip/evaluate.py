@@ -72,12 +72,10 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
     """`unip eval`: rebuild the model a fine-tuning checkpoint was trained as, load it
     strictly, evaluate `split`, write metrics.json and overlays under `out`. Under torchrun
     each rank evaluates its share of the split, the counts are summed and rank 0 writes."""
-    import torch.distributed as dist
-
     from unip.checkpoint import load
     from unip.finetune import build_model, open_split
     from unip.segconfig import load_finetune_config
-    from unip.train import init_distributed, pick_device
+    from unip.train import init_distributed, pick_device, shutdown
 
     if not Path(ckpt).is_file():
         raise UnipError(f"--checkpoint {ckpt}: no such file")
@@ -103,7 +101,7 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UnipError(f"{ckpt} does not match the model its config builds: {e}") from None
-    d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    d = init_distributed(cfg)
     dev = pick_device(cfg, d)
     result = evaluate(model.to(dev), segset, cfg, dev, d, Path(out))
     result.update(checkpoint=str(ckpt), split=split, step=state.get("step"))
@@ -113,9 +111,7 @@ def run_eval(ckpt: Path, data: Path, split: str, out: Path, device: str = "auto"
         tmp = out / ".metrics.json.tmp"
         tmp.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
         os.replace(tmp, out / "metrics.json")
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown(None, d)
     return result
 
 

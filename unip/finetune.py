@@ -181,7 +181,7 @@ def finetune(cfg: FinetuneConfig, data: Path, out: Path) -> dict:
     from unip.models.segment import seg_loss
 
     out = Path(out)
-    d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    d = init_distributed(cfg)
     device = pick_device(cfg, d)
     train_set = open_split(cfg, data, cfg.data.train_split)
     val_set = open_split(cfg, data, cfg.data.val_split)

@@ -42,13 +42,14 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> Dist:
-    """From torchrun's environment; a single process otherwise."""
+def init_distributed(cfg) -> Dist:
+    """From torchrun's environment (NCCL where `cfg.device` lets the run use CUDA, gloo
+    otherwise); a single process outside torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    backend = "nccl" if device == "cuda" else "gloo"
+    backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return d
@@ -152,7 +153,7 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
     from unip.loss import attention_kl
 
     out = Path(out)
-    d = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    d = init_distributed(cfg)
     device = pick_device(cfg, d)
     plan_samples = corpus_size(data)  # a bad --data fails before --out is made
     plan = Plan.of(cfg, plan_samples, d.world)
@@ -273,9 +274,11 @@ def train(cfg: TrainConfig, data: Path, out: Path) -> dict:
     return metrics
 
 
-def shutdown(log: MetricLog, d: Dist) -> None:
-    """Close the logs; every rank waits for the last checkpoint, then leaves the group."""
-    log.close()
+def shutdown(log: MetricLog | None, d: Dist) -> None:
+    """Close the logs; every rank waits for the last checkpoint (or file), then leaves the
+    group."""
+    if log is not None:
+        log.close()
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -245,17 +245,29 @@ Layout = tuple[list[str], list[Path], list[Path], Callable, dict[int, int] | Non
 """ids, image files, label files, image reader, default label map (None: ids as stored)."""
 
 
+def _listed(
+    split_file: Path,
+    images: Path,
+    labels: Path,
+    image_exts: tuple[str, ...],
+    reader: Callable | None = None,
+) -> Layout:
+    """A layout whose split file lists the ids: `<id><ext>` in images, `<id>.png` in labels,
+    ids used as stored."""
+    ids = read_split(split_file)
+    return (
+        ids,
+        listed_files(images, ids, image_exts, "images"),
+        listed_files(labels, ids, (".png",), "labels"),
+        reader or thermal_gray,
+        None,
+    )
+
+
 def _soda(root: Path, split: str) -> Layout:
     _check_split("soda", split, ("train", "test"))
     images, labels = require_dir(root / "JPEGImages"), require_dir(root / "SegmentationClassPNG")
-    ids = read_split(root / f"{split}_infrared.txt")
-    return (
-        ids,
-        listed_files(images, ids, (".jpg", ".png"), "images"),
-        listed_files(labels, ids, (".png",), "labels"),
-        thermal_gray,
-        None,
-    )
+    return _listed(root / f"{split}_infrared.txt", images, labels, (".jpg", ".png"))
 
 
 def _mfnet(root: Path, split: str) -> Layout:
@@ -263,15 +275,8 @@ def _mfnet(root: Path, split: str) -> Layout:
     # extracted thermal frames: thermal/ (ours) or thermal_imgs/ (UNIP's copy), else RGB-T
     thermal = next((root / n for n in THERMAL_DIRS if (root / n).is_dir()), None)
     images = thermal or require_dir(root / "images")
-    labels = require_dir(root / "labels")
-    ids = read_split(root / f"{split}.txt")
-    return (
-        ids,
-        listed_files(images, ids, (".png",), "images"),
-        listed_files(labels, ids, (".png",), "labels"),
-        thermal_gray if images == thermal else mfnet_thermal,
-        None,
-    )
+    reader = thermal_gray if images == thermal else mfnet_thermal
+    return _listed(root / f"{split}.txt", images, require_dir(root / "labels"), (".png",), reader)
 
 
 def _scut(root: Path, split: str) -> Layout:
@@ -279,15 +284,8 @@ def _scut(root: Path, split: str) -> Layout:
     converted copy as UNIP's configs read it: `images/`, `labels/` with ids 0-9, `<split>.txt`."""
     _check_split("scut", split, ("train", "val", "test"))
     if not (root / "images" / split).is_dir() and (root / f"{split}.txt").is_file():
-        ids = read_split(root / f"{split}.txt")
         images, labels = require_dir(root / "images"), require_dir(root / "labels")
-        return (
-            ids,
-            listed_files(images, ids, (".jpg", ".png"), "images"),
-            listed_files(labels, ids, (".png",), "labels"),
-            thermal_gray,
-            None,
-        )
+        return _listed(root / f"{split}.txt", images, labels, (".jpg", ".png"))
     if not (root / "images" / split).is_dir():
         raise UnipError(
             f"scut split {split!r}: neither {root / 'images' / split}/ (the release's layout) "
@@ -315,15 +313,8 @@ def _folder(root: Path, split: str) -> Layout:
     if not split or "/" in split or "\\" in split or split.startswith("."):
         raise UnipError(f"split must be a plain name (the file <split>.txt), got {split!r}")
     images, labels = require_dir(root / "images"), require_dir(root / "labels")
-    ids = read_split(root / f"{split}.txt")
     exts = IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS)
-    return (
-        ids,
-        listed_files(images, ids, exts, "images"),
-        listed_files(labels, ids, (".png",), "labels"),
-        thermal_gray,
-        None,
-    )
+    return _listed(root / f"{split}.txt", images, labels, exts)
 
 
 KINDS = {"soda": _soda, "mfnet": _mfnet, "scut": _scut, "folder": _folder}
